@@ -1,0 +1,1 @@
+"""Faust agents: thin wrappers that decode, call pure logic, write tables and send."""

@@ -1,0 +1,1 @@
+"""Vision inference: image loading (untrusted input), preprocessing, ONNX embedding, keypoints."""
