@@ -1,0 +1,83 @@
+"""Topic administration with confluent-kafka's AdminClient: create the contract, idempotently."""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Optional
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from .settings import Settings
+from .topics import CONTRACT, TopicSpec, topic_config, topic_name
+
+log = logging.getLogger(__name__)
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    return AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+
+
+def create_topics(settings: Settings, specs: Iterable[TopicSpec] = CONTRACT,
+                  admin: Optional[AdminClient] = None, timeout: float = 30.0) -> dict[str, str]:
+    """Create every topic of the contract that is missing. Returns {topic: "created"|"exists"}.
+
+    An existing topic with another partition count is an error: the coordinator's join would be
+    silently wrong, so we refuse instead of carrying on.
+    """
+    admin = admin or admin_client(settings)
+    specs = list(specs)
+    existing = admin.list_topics(timeout=timeout).topics
+    outcome: dict[str, str] = {}
+    to_create = []
+    for spec in specs:
+        name = topic_name(settings, spec.name)
+        if name in existing:
+            partitions = len(existing[name].partitions)
+            if partitions != settings.partitions:
+                raise RuntimeError(
+                    f"topic {name} has {partitions} partitions, the contract needs {settings.partitions}: "
+                    "co-partitioning would break; recreate it or set VISIONJOBS_PARTITIONS")
+            outcome[name] = "exists"
+        else:
+            to_create.append(NewTopic(name, num_partitions=settings.partitions,
+                                      replication_factor=settings.replication_factor,
+                                      config=topic_config(spec)))
+    if to_create:
+        futures = admin.create_topics(to_create, operation_timeout=timeout, request_timeout=timeout)
+        for name, fut in futures.items():
+            try:
+                fut.result()
+                outcome[name] = "created"
+            except KafkaException as exc:
+                if exc.args[0].name() == "TOPIC_ALREADY_EXISTS":
+                    outcome[name] = "exists"
+                else:
+                    raise
+    return outcome
+
+
+def describe_topics(settings: Settings, admin: Optional[AdminClient] = None) -> list[dict]:
+    admin = admin or admin_client(settings)
+    md = admin.list_topics(timeout=15).topics
+    out = []
+    for spec in CONTRACT:
+        name = topic_name(settings, spec.name)
+        t = md.get(name)
+        out.append({"topic": name, "schema": spec.schema, "exists": t is not None,
+                    "partitions": len(t.partitions) if t is not None else None,
+                    "compacted": spec.compacted, "doc": spec.doc})
+    return out
+
+
+def delete_topics(settings: Settings, names: Iterable[str], admin: Optional[AdminClient] = None) -> None:
+    admin = admin or admin_client(settings)
+    names = list(names)
+    if not names:
+        return
+    for fut in admin.delete_topics(names, operation_timeout=30).values():
+        try:
+            fut.result()
+        except KafkaException as exc:
+            if exc.args[0].name() != "UNKNOWN_TOPIC_OR_PART":
+                raise

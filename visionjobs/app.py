@@ -1,0 +1,64 @@
+"""Builds the Faust app of one role. Each role has its own app id (consumer group) and worker command.
+
+``faust -A visionjobs.workers.<role> worker`` imports a module that calls :func:`create_app` and
+registers that role's agents on it. Creating the app does no I/O: Faust connects when the worker runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import faust
+
+from . import codec, eos, metrics
+from .settings import Settings, get_settings
+from .tables import state_codec
+
+
+class VisionApp(faust.App):
+    def _create_directories(self) -> None:
+        # Faust creates only the last path component; ours lives under VISIONJOBS_DATA_DIR.
+        Path(self.conf.datadir).parent.mkdir(parents=True, exist_ok=True)
+        super()._create_directories()
+
+
+def create_app(role: str, settings: Optional[Settings] = None, **overrides) -> faust.App:
+    settings = settings or get_settings()
+    codec.register_faust_codec()
+    state_codec.register_faust_codec()
+    conf = dict(
+        broker=settings.broker_url,
+        processing_guarantee=settings.processing_guarantee,
+        store=settings.store,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        broker_commit_interval=settings.commit_interval_s,
+        web_enabled=settings.web_enabled,
+        web_port=settings.web_port,
+        web_bind="127.0.0.1",
+        datadir=str(settings.data_dir / role),
+        key_serializer="raw",
+        value_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        table_standby_replicas=1,
+        producer_acks=-1,
+        stream_wait_empty=False,
+    )
+    conf.update(overrides)
+    app = VisionApp(f"{settings.app_id_prefix}-{role}", **conf)
+    app.visionjobs_settings = settings  # type: ignore[attr-defined]
+    app.visionjobs_role = role  # type: ignore[attr-defined]
+    eos.install(app)
+
+    if settings.web_enabled:
+        @app.page("/metrics")
+        async def metrics_page(web, request):  # noqa: ANN001 - faust view signature
+            body, content_type = metrics.render()
+            return web.bytes(body, content_type=content_type)
+
+        @app.page("/healthz")
+        async def health(web, request):  # noqa: ANN001
+            return web.json({"role": role, "app": app.conf.id})
+
+    return app

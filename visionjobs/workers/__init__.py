@@ -1,0 +1,1 @@
+"""One module per worker role: ``faust -A visionjobs.workers.<role> worker``."""
