@@ -1,0 +1,87 @@
+"""Shared fixtures. Integration tests get a real broker, in this order of preference:
+
+1. ``KAFKA_BOOTSTRAP_SERVERS`` when set (``make test`` starts the local Kafka and sets it);
+2. a Redpanda testcontainer when a Docker engine answers and ``testcontainers`` is installed;
+3. the local Apache Kafka started with ``visionjobs broker up`` (and stopped again if we started it).
+
+Every test gets its own topic prefix and app id, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from visionjobs.settings import Settings
+
+
+def _docker_engine_answers() -> bool:
+    if not shutil.which("docker"):
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=5).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap():
+    env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if env:
+        yield env
+        return
+    if _docker_engine_answers():
+        try:
+            from testcontainers.kafka import RedpandaContainer  # type: ignore
+        except ImportError:
+            RedpandaContainer = None
+        if RedpandaContainer is not None:
+            with RedpandaContainer("docker.redpanda.com/redpandadata/redpanda:v25.3.9") as rp:
+                yield rp.get_bootstrap_server()
+            return
+    from visionjobs.broker import LocalKafka, ensure_broker
+
+    bootstrap, started = ensure_broker()
+    try:
+        yield bootstrap
+    finally:
+        if started:
+            LocalKafka().down()
+
+
+@pytest.fixture
+def run_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def vj_env(kafka_bootstrap, run_id, tmp_path) -> dict[str, str]:
+    """Environment for worker processes and tools of one test: isolated topics, groups and state."""
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "VISIONJOBS_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "VISIONJOBS_TOPIC_PREFIX": f"t{run_id}.",
+        "VISIONJOBS_APP_ID_PREFIX": f"vj{run_id}",
+        "VISIONJOBS_DATA_DIR": str(tmp_path / "data"),
+        "VISIONJOBS_PARTITIONS": "8",
+    }
+
+
+@pytest.fixture
+def vj_settings(vj_env) -> Settings:
+    from visionjobs.admin import create_topics
+
+    settings = Settings(**{k.removeprefix("VISIONJOBS_").lower(): v for k, v in vj_env.items()
+                           if k.startswith("VISIONJOBS_")})
+    create_topics(settings)
+    return settings
+
+
+@pytest.fixture
+def worker_logs(tmp_path) -> Path:
+    return tmp_path / "logs"
