@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     replication_factor: int = Field(1, ge=1)
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
     commit_interval_s: float = Field(0.1, gt=0, description="Faust broker_commit_interval")
+    session_timeout_s: float = Field(10.0, ge=6, description="consumer group session timeout: how fast a dead worker's partitions move")
+    heartbeat_interval_s: float = Field(2.0, gt=0)
     topic_prefix: str = Field("", description="prefix for every topic name (tests use it to isolate runs)")
     app_id_prefix: str = "visionjobs"
     store: str = Field("memory://", description="table store: memory:// or rocksdb://")

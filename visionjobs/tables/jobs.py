@@ -19,19 +19,30 @@ PHASES = ("EMBEDDINGS", "KEYPOINTS")
 
 
 def table_name(phase: str) -> str:
-    return f"coordinator-{phase.lower()}"
+    return phase.lower()
+
+
+class PhaseStateTable(faust.Table):
+    """A table of PhaseState values: raw UTF-8 job_id keys, compact binary values.
+
+    Faust derives a table's changelog serializers from key_type/value_type and falls back to JSON;
+    they must be right before the changelog topic is first built (recovery decodes with it).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.key_serializer = "raw"
+        self.value_serializer = "phase-state"
 
 
 def phase_table(app: Any, settings: Settings, phase: str) -> Any:
-    table = app.Table(
-        table_name(phase),
+    table = PhaseStateTable(
+        app,
+        name=table_name(phase),
         default=None,
+        beacon=app.tables.beacon,
         partitions=settings.partitions,
         schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="phase-state"),
         help=f"PhaseState of the {phase} phase, by job_id",
     )
-    # Faust derives the changelog serializers from key_type/value_type (falling back to JSON);
-    # ours are a raw UTF-8 key and the compact binary state (tables/state_codec.py).
-    table.key_serializer = "raw"
-    table.value_serializer = "phase-state"
-    return table
+    return app.tables.add(table)
