@@ -45,7 +45,6 @@ def create_app(role: str, settings: Optional[Settings] = None, **overrides) -> f
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=1,
         producer_acks=-1,
-        stream_wait_empty=False,
     )
     conf.update(overrides)
     app = VisionApp(f"{settings.app_id_prefix}-{role}", **conf)

@@ -21,7 +21,20 @@ and each one loses or duplicates completions after a ``kill -9``; both are close
    writes its table and stages its outputs synchronously (no ``await`` in between), a commit sees
    either both or neither.
 
-With both in place, one transaction holds: the offsets, the state (completed marker) and the outputs.
+3. **Recovery reads no changelog after a rebalance** (the ``ConsistencyError ... (233 > -1)`` crash,
+   or silently empty state). In exactly-once mode Faust takes a changelog's "highwater" from
+   ``consumer.last_stable_offset(tp)``, which is unknown (``None``, taken as -1) for a partition the
+   consumer has not fetched yet, i.e. every newly assigned one. :func:`install` asks the broker
+   instead (``end_offsets`` with the consumer's read_committed isolation: the last stable offset).
+
+4. **A transaction stays open across a rebalance.** On revocation Faust commits the acked offsets,
+   but returns early when a periodic commit is in flight, and a transaction that holds table writes
+   stays open while the retained partitions' tables are rebuilt from the (read_committed) changelog:
+   the events are processed again and their completion is staged a second time in that same open
+   transaction. :func:`install` ends every transaction on revocation: drain, commit the acked
+   offsets, then commit whatever transaction is still open (its writes are idempotent to replay).
+
+With all four in place, one transaction holds: the offsets, the state (completed marker) and the outputs.
 Consumers must read with ``isolation.level=read_committed``.
 """
 
@@ -57,11 +70,27 @@ def _outputs(app: Any) -> dict[str, str]:
     return outputs
 
 
+def _patch_highwaters() -> None:
+    from faust.transport.drivers import aiokafka as driver
+
+    thread_cls = driver.AIOKafkaConsumerThread
+    if getattr(thread_cls, "_visionjobs_patched", False):
+        return
+
+    async def _highwaters(self: Any, partitions: Any) -> Any:
+        # read_committed consumers get the last stable offset from ListOffsets
+        return await self._ensure_consumer().end_offsets(partitions)
+
+    thread_cls._highwaters = _highwaters
+    thread_cls._visionjobs_patched = True
+
+
 def install(app: Any) -> None:
     """Patch this app's transaction manager once the worker has created it (idempotent)."""
     if getattr(app, "_visionjobs_eos_installed", False):
         return
     app._visionjobs_eos_installed = True
+    _patch_highwaters()
 
     @app.on_partitions_assigned.connect
     async def _patch(*_: Any, **__: Any) -> None:
@@ -98,8 +127,15 @@ def install(app: Any) -> None:
             original_put(fut)
 
         buffer.put = put
+        original_revoked = manager.on_partitions_revoked
+
+        async def on_partitions_revoked(revoked: Any) -> None:
+            await original_revoked(revoked)
+            await end_all_transactions(app)
+
         manager.send = send
         manager.commit = commit
+        manager.on_partitions_revoked = on_partitions_revoked
         log.info("exactly-once: transactional outputs %s, buffer drained before each commit",
                  sorted(outputs))
 
@@ -115,3 +151,20 @@ async def drain_buffer(app: Any) -> None:
     last = getattr(app.producer.buffer, "_visionjobs_last", None)
     if last is not None and not last.done():
         await asyncio.shield(last)
+
+
+async def end_all_transactions(app: Any) -> None:
+    """Commit the acked offsets and every open transaction (called while partitions are revoked)."""
+    consumer = app.consumer
+    await drain_buffer(app)
+    await consumer.maybe_wait_for_commit_to_finish()
+    await consumer.commit(start_new_transaction=False)
+    producer = consumer.transactions.producer
+    for tid, txn_producer in list(getattr(producer, "_transaction_producers", {}).items()):
+        manager = getattr(txn_producer, "_txn_manager", None)
+        if manager is not None and manager.is_in_transaction():
+            try:
+                await txn_producer.commit_transaction()
+            except Exception as exc:  # fenced or broken: the broker aborts it, which is safe too
+                log.warning("could not end transaction %s on revocation: %r", tid, exc)
+
