@@ -12,6 +12,7 @@ from typing import Optional
 import faust
 
 from . import codec, eos, metrics
+from .logs import logging_config
 from .settings import Settings, get_settings
 from .tables import state_codec
 
@@ -46,6 +47,9 @@ def create_app(role: str, settings: Optional[Settings] = None, **overrides) -> f
         table_standby_replicas=1,
         producer_acks=-1,
     )
+    log_config = logging_config(settings.log_json, settings.log_level)
+    if log_config is not None:
+        conf["logging_config"] = log_config
     conf.update(overrides)
     app = VisionApp(f"{settings.app_id_prefix}-{role}", **conf)
     app.visionjobs_settings = settings  # type: ignore[attr-defined]
@@ -56,7 +60,7 @@ def create_app(role: str, settings: Optional[Settings] = None, **overrides) -> f
         @app.page("/metrics")
         async def metrics_page(web, request):  # noqa: ANN001 - faust view signature
             body, content_type = metrics.render()
-            return web.bytes(body, content_type=content_type)
+            return web.bytes(body, headers={"Content-Type": content_type})
 
         @app.page("/healthz")
         async def health(web, request):  # noqa: ANN001

@@ -38,6 +38,15 @@ def assert_exactly_once(report):
     assert report.completions == 2 * report.jobs
 
 
+def parse_metrics(text: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
 def http_get(url: str):
     try:
         with urllib.request.urlopen(url, timeout=10) as resp:
@@ -63,6 +72,15 @@ def test_500_jobs_exactly_one_completion_each(vj_env, vj_settings, worker_logs):
         assert emb["succeeded"] == len(job.ok["EMBEDDINGS"])
         status, body = http_get(f"{worker.url}/jobs/no-such-job")
         assert status == 404
+        # Prometheus metrics of the running worker
+        with urllib.request.urlopen(f"{worker.url}/metrics", timeout=10) as resp:
+            metrics = parse_metrics(resp.read().decode())
+        for phase in ("EMBEDDINGS", "KEYPOINTS"):
+            assert metrics[f'visionjobs_completions_total{{phase="{phase}",status="COMPLETED"}}'] == 500
+        consumed = sum(v for k, v in metrics.items() if k.startswith("visionjobs_events_consumed_total{"))
+        assert consumed >= sum(2 * p.total + 2 for p in plans)  # results (incl. duplicates) + batch per phase
+        assert any(k.startswith("visionjobs_events_ignored_total{") and v > 0 for k, v in metrics.items())
+        assert metrics['visionjobs_completion_latency_seconds_count{phase="EMBEDDINGS"}'] == 500
 
 
 def _produce_in_background(settings, plans, spec, rate):
@@ -111,7 +129,7 @@ def test_rebalance_worker_joins_and_leaves(vj_env, vj_settings, worker_logs):
         time.sleep(4)
         second.start().wait_ready()  # joins mid-run: partitions move to it
         time.sleep(4)
-        first.stop()  # leaves mid-run (graceful): its partitions move to the second
+        assert first.stop(), "SIGTERM: the worker should commit and leave on its own"  # leaves mid-run
         thread.join(timeout=120)
         assert not errors, errors
         report = wait_for_completions(vj_settings, plans, timeout_s=240)
@@ -181,11 +199,11 @@ def test_bad_input_is_dead_lettered_and_good_jobs_complete(vj_env, vj_settings, 
     by_key = {}
     for d in letters:
         by_key.setdefault(d.key, []).append(d)
-    # the batch topic feeds both phase coordinators: each one reports what it could not process
-    assert {d.error.split(":")[0] for d in by_key[b"bad-1"]} == {"bad_magic"}
-    assert len(by_key[b"bad-1"]) == 2
+    # one coordinator agent consumes the batch topic for both phases: one dead letter per bad event
+    assert [d.error.split(":")[0] for d in by_key[b"bad-1"]] == ["bad_magic"]
     assert by_key[b"bad-1"][0].value == b"\x00\x01garbage that is not avro"
     assert by_key[b"bad-1"][0].source_topic == batch_topic
     assert [d.error.split(":")[0] for d in by_key[b"bad-2"]] == ["bad_magic"]
-    assert {d.error.split(":")[0] for d in by_key[b"bad-3"]} == {"negative_total"}
+    assert [d.error.split(":")[0] for d in by_key[b"bad-3"]] == ["negative_total"]
+    assert all("[consumer=coordinator]" in d.error for d in letters)
     assert set(by_key) == {b"bad-1", b"bad-2", b"bad-3"}

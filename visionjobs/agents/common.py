@@ -50,7 +50,9 @@ class DeadLetters:
             key=msg.key, value=msg.value if msg.value is not None else b"",
             error=f"{reason}: {message} [consumer={self.role}]", failed_at=utcnow())
         metrics.DEAD_LETTERS.labels(self.role, reason).inc()
-        log.warning("dead-lettered %s[%s]@%s: %s: %s", msg.topic, msg.partition, msg.offset, reason, message)
+        log.warning("dead-lettered %s[%s]@%s: %s: %s", msg.topic, msg.partition, msg.offset, reason, message,
+                    extra={"topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
+                           "reason": reason, "role": self.role})
         self.output.stage(event, msg.key, get_codec().encode(record))
 
 

@@ -1,8 +1,8 @@
 """Coordinator: joins the batch topic with each phase's result topic and completes jobs exactly once.
 
-Per phase, one agent consumes ``products.images.ready.batch``, the phase's result topic and the
-internal tick topic (all keyed by job_id, co-partitioned) and keeps a :class:`PhaseState` per job in
-a changelog-backed table. For each event it reads the state, applies one pure function, writes the
+One agent consumes ``products.images.ready.batch``, both result topics and the internal tick topic
+(all keyed by job_id, co-partitioned) and keeps a :class:`PhaseState` per job and phase in one
+changelog-backed table per phase. For each event it reads the state, applies one pure function, writes the
 new value back (reassigned, never mutated) and stages the outputs, all without an ``await``: the
 table write, the completion and the input offset commit in one Kafka transaction (see ``eos``).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 from .. import metrics
 from ..codec import get_codec
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 RESULT_TOPIC = {"EMBEDDINGS": EMBEDDING_RESULT, "KEYPOINTS": KEYPOINTS_RESULT}
 COMPLETED_TOPIC = {"EMBEDDINGS": EMBEDDINGS_COMPLETED, "KEYPOINTS": KEYPOINTS_COMPLETED}
 RESULT_RECORD = {"EMBEDDINGS": ImageEmbeddingResult, "KEYPOINTS": ImageKeypointsResult}
+RESULT_TYPES = (ImageEmbeddingResult, ImageKeypointsResult)
 
 
 def completion_record(job_id: str, phase: str, decision: Decision) -> JobPhaseCompleted:
@@ -54,53 +55,22 @@ def phase_view(state: PhaseState | None) -> dict | None:
 
 
 class PhaseCoordinator:
-    """Everything one phase's agent needs; :meth:`handle` is the synchronous read-apply-write step."""
+    """One phase's table and completion topic; :meth:`apply` is the read-apply-write-stage step."""
 
-    def __init__(self, app: Any, settings: Settings, phase: str) -> None:
+    def __init__(self, app: Any, settings: Settings, phase: str, source_topic: str) -> None:
         self.phase = phase
-        self.settings = settings
-        self.role = f"coordinator.{phase.lower()}"
         self.table = phase_table(app, settings, phase)
-        self.batch_topic = topic_name(settings, IMAGES_READY_BATCH)
-        self.result_topic = topic_name(settings, RESULT_TOPIC[phase])
-        self.tick_topic = topic_name(settings, COORDINATOR_TICKS)
-        self.source = app.topic(
-            self.batch_topic, self.result_topic, self.tick_topic,
-            key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
-            partitions=settings.partitions)
-        # declare the inputs individually too, so the worker creates them if they are missing
-        for name in (IMAGES_READY_BATCH, RESULT_TOPIC[phase], COORDINATOR_TICKS):
-            declare_topic(app, settings, name)
         self.completed = CoPartitionedOutput(
-            app, declare_topic(app, settings, COMPLETED_TOPIC[phase]), self.result_topic)
-        self.dead_letters = DeadLetters(app, settings, self.role, self.result_topic)
+            app, declare_topic(app, settings, COMPLETED_TOPIC[phase]), source_topic)
         self.timeout_ms = int(settings.job_timeout_s * 1000)
         self.retention_ms = int(settings.completed_retention_s * 1000)
-        self.record_type = RESULT_RECORD[phase]
-        self._counters = {t: metrics.EVENTS_CONSUMED.labels(t, self.role)
-                          for t in (self.batch_topic, self.result_topic, self.tick_topic)}
 
-    def handle(self, event: Any) -> None:
-        """Read, apply, write, stage. Synchronous on purpose: nothing can interleave."""
-        topic = event.message.topic
-        counter = self._counters.get(topic)
-        if counter is not None:
-            counter.inc()
-        record = decode_or_dead_letter(event, self.dead_letters)
-        if record is None:
-            return
-        job_id = record.job_id
+    def apply(self, event: Any, job_id: str, step: Callable[[PhaseState | None], Decision],
+              dead_letters: DeadLetters) -> None:
+        """Read the state, apply one pure step, write the new value back, stage the outputs.
+        Synchronous on purpose: no commit can fall between the write and the completion."""
         state = self.table.get(job_id)
-        if isinstance(record, ProductsImagesReadyBatch):
-            decision = apply_total(state, record.total_images, event_millis(event))
-        elif isinstance(record, self.record_type):
-            decision = apply_result(state, image_key(record.image_id), record.status == "OK", event_millis(event))
-        elif isinstance(record, CoordinatorTick):
-            decision = expire(state, to_millis(record.issued_at), self.timeout_ms, self.retention_ms)
-        else:
-            self.dead_letters.send(event, "unexpected_schema",
-                                   f"{type(record).__name__} does not belong on {topic}")
-            return
+        decision = step(state)
         if decision.state is not state:
             if decision.state is None:
                 if job_id in self.table:
@@ -115,10 +85,11 @@ class PhaseCoordinator:
                 max(0.0, (decision.completion.completed_ms - decision.completion.first_seen_ms) / 1000))
             log.info("job %s %s %s: %d/%s done (%d ok, %d failed)", job_id, self.phase,
                      decision.completion.status, decision.completion.done, decision.completion.total,
-                     decision.completion.succeeded, decision.completion.failed)
+                     decision.completion.succeeded, decision.completion.failed,
+                     extra={"job_id": job_id, "phase": self.phase})
         if decision.invalid is not None:
             reason, _, message = decision.invalid.partition(": ")
-            self.dead_letters.send(event, reason, f"job {job_id}: {message}")
+            dead_letters.send(event, reason, f"job {job_id} {self.phase}: {message}")
         elif decision.note in ("duplicate", "duplicate_total", "late"):
             metrics.IGNORED.labels(self.phase, decision.note).inc()
 
@@ -137,17 +108,65 @@ class PhaseCoordinator:
         return due
 
 
-def register_coordinator(app: Any, settings: Settings, phases: tuple[str, ...] = PHASES) -> dict[str, PhaseCoordinator]:
-    coordinators = {phase: PhaseCoordinator(app, settings, phase) for phase in phases}
+class Coordinator:
+    """The coordinator agent's logic: one agent consumes the batch topic, both result topics and the
+    tick topic (all keyed by job_id, co-partitioned), so every input event is decoded and applied
+    exactly once by one stream, and dispatched to the phase(s) it concerns."""
 
-    for phase, coord in coordinators.items():
-        async def coordinate(stream: Any, coord: PhaseCoordinator = coord) -> None:
-            async for event in stream.events():
-                coord.handle(event)
+    role = "coordinator"
 
-        app.agent(coord.source, name=f"visionjobs.coordinate_{phase.lower()}")(coordinate)
+    def __init__(self, app: Any, settings: Settings, phases: tuple[str, ...] = PHASES) -> None:
+        self.batch_topic = topic_name(settings, IMAGES_READY_BATCH)
+        self.tick_topic = topic_name(settings, COORDINATOR_TICKS)
+        self.result_topics = {topic_name(settings, RESULT_TOPIC[p]): p for p in phases}
+        names = [self.batch_topic, *self.result_topics, self.tick_topic]
+        self.source = app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw",
+                                value_serializer="raw", partitions=settings.partitions)
+        # declare the inputs individually too, so the worker creates them if they are missing
+        for name in (IMAGES_READY_BATCH, COORDINATOR_TICKS, *(RESULT_TOPIC[p] for p in phases)):
+            declare_topic(app, settings, name)
+        self.phases = {p: PhaseCoordinator(app, settings, p, self.batch_topic) for p in phases}
+        self.dead_letters = DeadLetters(app, settings, self.role, self.batch_topic)
+        self._counters = {t: metrics.EVENTS_CONSUMED.labels(t, self.role) for t in names}
 
-    tick_topic = topic_name(settings, COORDINATOR_TICKS)
+    def handle(self, event: Any) -> None:
+        topic = event.message.topic
+        counter = self._counters.get(topic)
+        if counter is not None:
+            counter.inc()
+        record = decode_or_dead_letter(event, self.dead_letters)
+        if record is None:
+            return
+        job_id = record.job_id
+        if isinstance(record, ProductsImagesReadyBatch) and topic == self.batch_topic:
+            ts = event_millis(event)
+            for phase in self.phases.values():
+                phase.apply(event, job_id, lambda s: apply_total(s, record.total_images, ts), self.dead_letters)
+        elif isinstance(record, RESULT_TYPES) and topic in self.result_topics:
+            phase = self.phases[self.result_topics[topic]]
+            if not isinstance(record, RESULT_RECORD[phase.phase]):
+                self.dead_letters.send(event, "unexpected_schema", f"{type(record).__name__} on {topic}")
+                return
+            key, ok, ts = image_key(record.image_id), record.status == "OK", event_millis(event)
+            phase.apply(event, job_id, lambda s: apply_result(s, key, ok, ts), self.dead_letters)
+        elif isinstance(record, CoordinatorTick) and topic == self.tick_topic:
+            now_ms = to_millis(record.issued_at)
+            for phase in self.phases.values():
+                phase.apply(event, job_id, lambda s, p=phase: expire(s, now_ms, p.timeout_ms, p.retention_ms),
+                            self.dead_letters)
+        else:
+            self.dead_letters.send(event, "unexpected_schema", f"{type(record).__name__} does not belong on {topic}")
+
+
+def register_coordinator(app: Any, settings: Settings, phases: tuple[str, ...] = PHASES) -> Coordinator:
+    coordinator = Coordinator(app, settings, phases)
+
+    @app.agent(coordinator.source, name="visionjobs.coordinate")
+    async def coordinate(stream: Any) -> None:
+        async for event in stream.events():
+            coordinator.handle(event)
+
+    tick_topic = coordinator.tick_topic
 
     @app.timer(settings.tick_interval_s, on_leader=False)
     async def expiry_ticker() -> None:
@@ -156,21 +175,21 @@ def register_coordinator(app: Any, settings: Settings, phases: tuple[str, ...] =
         now = utcnow()
         now_ms = to_millis(now)
         due: set[str] = set()
-        for coord in coordinators.values():
-            due.update(coord.due_jobs(now_ms))
+        for phase in coordinator.phases.values():
+            due.update(phase.due_jobs(now_ms))
         if not due:
             return
         started = time.monotonic()
         codec = get_codec()
         producer = app.producer
         for job_id in sorted(due):
-            key = job_id.encode()
-            await producer.send(tick_topic, key, codec.encode(CoordinatorTick(job_id, now)),
+            await producer.send(tick_topic, job_id.encode(), codec.encode(CoordinatorTick(job_id, now)),
                                 partition=None, timestamp=None, headers=None)
         await producer.flush()
         metrics.TICKS_SENT.inc(len(due))
         log.info("expiry ticker: %d due jobs checked in %.3fs", len(due), time.monotonic() - started)
 
+    coordinators = coordinator.phases
     if settings.web_enabled:
         first = next(iter(coordinators.values()))
 
@@ -182,4 +201,4 @@ def register_coordinator(app: Any, settings: Settings, phases: tuple[str, ...] =
                 return web.json({"job_id": job_id, "error": "unknown job"}, status=404)
             return web.json({"job_id": job_id, "phases": phases})
 
-    return coordinators
+    return coordinator

@@ -1,8 +1,11 @@
 """The coordinator's tables: one changelog-backed table per phase, keyed by job_id.
 
-Why one table per phase rather than one keyed by (job, phase): each phase has its own result topic
-and its own agent, so either phase's coordinator can run, scale and recover on its own, and a
-result rewrites only its own phase's state (half the changelog bytes of a combined value).
+Why one table per phase rather than one value holding both phases: a result rewrites only its own
+phase's state (half the changelog bytes of a combined value), and each phase's state stays small.
+One agent feeds both tables, so the batch event (which concerns both phases) is consumed, decoded
+and dead-lettered once, by one stream: with two agents sharing the batch topic we once saw a batch
+event skipped under kill -9 (Faust fans a message out to several agents with a reference count),
+and one consumer per event is the simpler guarantee.
 Both tables are co-partitioned with the batch and result topics (same partition count, keyed by
 job_id), so a job's batch event, its results and its state live on one worker.
 """

@@ -5,7 +5,7 @@ Layout (little-endian), version 1::
     B version | B flags | q first_seen_ms | q last_progress_ms | i total | q completed_ms
     | I n_ok | I n_failed | n_ok x Q image keys | n_failed x Q image keys
 
-flags: bit 0 total known, bit 1 completed, bit 2 status TIMED_OUT. 42 bytes of header plus 8 bytes
+flags: bit 0 total known, bit 1 completed, bit 2 status TIMED_OUT. 38 bytes of header plus 8 bytes
 per image id; sorted keys make the encoding deterministic.
 """
 

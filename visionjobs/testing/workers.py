@@ -82,17 +82,22 @@ class WorkerProcess:
             os.killpg(self.proc.pid, sig)
             self.proc.wait(timeout=60)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Graceful stop (SIGTERM), then SIGKILL if it does not leave in time."""
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Graceful stop (SIGTERM), then SIGKILL if it does not leave in time.
+
+        Returns True when the worker left on its own after SIGTERM (or was not running)."""
+        graceful = True
         if self.alive():
             assert self.proc is not None
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                graceful = False
                 self.kill()
         if getattr(self, "_log", None):
             self._log.close()
+        return graceful
 
     def __enter__(self) -> "WorkerProcess":
         return self

@@ -6,4 +6,4 @@ from ..settings import get_settings
 
 settings = get_settings()
 app = create_app("coordinator", settings)
-coordinators = register_coordinator(app, settings)
+coordinator = register_coordinator(app, settings)
