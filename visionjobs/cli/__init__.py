@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "smoke": "visionjobs.cli.smoke:smoke",
     "demo": "visionjobs.cli.demo:demo",
     "jobs": "visionjobs.cli.jobs:jobs",
+    "soak": "visionjobs.cli.soak:soak",
 }
 
 
