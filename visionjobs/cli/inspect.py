@@ -95,7 +95,7 @@ def inspect_cmd(topic: str, max_messages: int, idle: float, key: str | None, unc
 def produce_test_batch(job_id: str | None, total: int) -> None:
     """Publish one products.images.ready.batch event (a test helper for trying ``inspect``)."""
     from ..codec import get_codec
-    from ..testing.loadgen import make_producer
+    from ..product_finder import make_producer
     from ..records import ProductsImagesReadyBatch
     from ..topics import IMAGES_READY_BATCH, topic_name
 

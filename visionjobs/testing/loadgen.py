@@ -16,6 +16,7 @@ from typing import Iterator, Optional
 from confluent_kafka import Producer
 
 from ..codec import get_codec
+from ..product_finder import make_producer  # noqa: F401 - the one producer factory, re-exported
 from ..records import (ImageEmbeddingResult, ImageKeypointsResult, ProductsImagesReadyBatch,
                        result_event_id, utcnow)
 from ..settings import Settings
@@ -45,15 +46,6 @@ class LoadSpec:
     seed: int = 1
     interleave: int = 16  # how many jobs' events are shuffled together
     embedding_dim: int = 0  # 0: empty vectors (coordinator load); >0: random vectors of that size
-
-
-def make_producer(settings: Settings, **extra) -> Producer:
-    """confluent-kafka producer that partitions like Java and aiokafka (murmur2), idempotent."""
-    conf = {"bootstrap.servers": settings.bootstrap_servers, "partitioner": "murmur2_random",
-            "enable.idempotence": True, "linger.ms": 5, "batch.num.messages": 10000,
-            "queue.buffering.max.messages": 1_000_000}
-    conf.update(extra)
-    return Producer(conf)
 
 
 def plan_jobs(spec: LoadSpec, prefix: Optional[str] = None) -> list[JobPlan]:
