@@ -96,7 +96,7 @@ def run_once(args, bootstrap: str, guarantee: str, spec: LoadSpec, plans) -> dic
     results = events - len(plans)
     prefill_s = time.monotonic() - t0
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
-    worker = WorkerProcess("coordinator", env, logs, log_level="warning")
+    worker = WorkerProcess("coordinator", env, logs, log_level="info")
     t_start = time.monotonic()
     worker.start()
     try:

@@ -52,7 +52,7 @@ def run(bootstrap: str, interval: float, args) -> dict:
     spec = LoadSpec(jobs=jobs, max_images=args.max_images, duplicate_fraction=0.0, failure_fraction=0.05,
                     total_last_fraction=1.0, seed=7, interleave=8)
     plans = plan_jobs(spec)
-    worker = WorkerProcess("coordinator", env, Path(tempfile.mkdtemp()), log_level="warning").start()
+    worker = WorkerProcess("coordinator", env, Path(tempfile.mkdtemp()), log_level="info").start()
     last_sent: dict[str, float] = {}
     done_at: dict[tuple[str, str], float] = {}
     codec = get_codec()
