@@ -81,3 +81,24 @@ def delete_topics(settings: Settings, names: Iterable[str], admin: Optional[Admi
         except KafkaException as exc:
             if exc.args[0].name() != "UNKNOWN_TOPIC_OR_PART":
                 raise
+
+
+def delete_environment(settings: Settings, admin: Optional[AdminClient] = None) -> list[str]:
+    """Delete every topic of this settings' prefix (contract topics and the app's changelogs) and
+    the app's consumer groups. For throwaway environments (demo, smoke, soak); returns the topics."""
+    admin = admin or admin_client(settings)
+    prefixes = tuple(p for p in (settings.topic_prefix, f"{settings.app_id_prefix}-") if p)
+    names = [t for t in admin.list_topics(timeout=15).topics if t.startswith(prefixes)]
+    delete_topics(settings, names, admin=admin)
+    try:  # the workers' consumer groups (their committed offsets)
+        listed = admin.list_consumer_groups(request_timeout=10).result()
+        groups = [g.group_id for g in listed.valid if g.group_id.startswith(f"{settings.app_id_prefix}-")]
+        for fut in (admin.delete_consumer_groups(groups, request_timeout=10).values() if groups else ()):
+            try:
+                fut.result()
+            except KafkaException:
+                pass
+    except KafkaException as exc:
+        log.warning("could not delete consumer groups: %s", exc)
+    return names
+

@@ -159,13 +159,10 @@ class LocalStack:
                 shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _delete_topics(self) -> None:
-        from .admin import admin_client, delete_topics
+        from .admin import delete_environment
 
         assert self.settings is not None
-        admin = admin_client(self.settings)
-        prefixes = (self.settings.topic_prefix, f"{self.settings.app_id_prefix}-")
-        names = [t for t in admin.list_topics(timeout=15).topics if t.startswith(prefixes)]
-        delete_topics(self.settings, names, admin=admin)
+        delete_environment(self.settings)
 
     def __enter__(self) -> "LocalStack":
         return self.start()

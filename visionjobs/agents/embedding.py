@@ -224,6 +224,17 @@ class ImageBatchAgent:
         raise NotImplementedError
 
     # -- the batch --------------------------------------------------------------------------
+
+    async def load_images(self, items: list[Item]) -> list[tuple[Item, np.ndarray]]:
+        """Load the items' images; a failure becomes the item's FAILED result right away."""
+        loaded = await self.images.load_many([item.request.image_uri for item in items])  # type: ignore[union-attr]
+        ready: list[tuple[Item, np.ndarray]] = []
+        for item, image in zip(items, loaded):
+            if isinstance(image, Failure):
+                item.output = self.failed(item.request, image.error)  # type: ignore[arg-type]
+            else:
+                ready.append((item, image))
+        return ready
     def decode(self, event: Any) -> Optional[ProductImageReady]:
         """The event's request, or None after dead-lettering it (synchronous staging)."""
         self._consumed.inc()
@@ -399,13 +410,7 @@ class EmbeddingAgent(ImageBatchAgent):
             return [Failure(f"timeout: inference took longer than {self.timeout_s:g}s")] * len(images)
 
     async def compute(self, items: list[Item]) -> None:
-        loaded = await self.images.load_many([item.request.image_uri for item in items])  # type: ignore[union-attr]
-        ready: list[tuple[Item, np.ndarray]] = []
-        for item, image in zip(items, loaded):
-            if isinstance(image, Failure):
-                item.output = self.failed(item.request, image.error)  # type: ignore[arg-type]
-            else:
-                ready.append((item, image))
+        ready = await self.load_images(items)
         if not ready:
             return
         vectors = await self.embed([image for _, image in ready])

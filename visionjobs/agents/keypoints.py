@@ -143,13 +143,7 @@ class KeypointsAgent(ImageBatchAgent):
                 for fut in futures]
 
     async def compute(self, items: list[Item]) -> None:
-        loaded = await self.images.load_many([item.request.image_uri for item in items])  # type: ignore[union-attr]
-        ready: list[tuple[Item, np.ndarray]] = []
-        for item, image in zip(items, loaded):
-            if isinstance(image, Failure):
-                item.output = self.failed(item.request, image.error)  # type: ignore[arg-type]
-            else:
-                ready.append((item, image))
+        ready = await self.load_images(items)
         outcomes = await self.extract_many([(item.request, image) for item, image in ready])  # type: ignore[misc]
         for (item, _), outcome in zip(ready, outcomes):
             if isinstance(outcome, Failure):

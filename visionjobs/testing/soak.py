@@ -717,20 +717,10 @@ class Soak:
                 signal.signal(sig, handler)
 
     def _delete_topics(self) -> None:
-        from ..admin import admin_client, delete_topics
+        from ..admin import delete_environment
 
         assert self.settings is not None
-        admin = admin_client(self.settings)
-        prefixes = (self.settings.topic_prefix, f"{self.settings.app_id_prefix}-")
-        names = [t for t in admin.list_topics(timeout=15).topics if t.startswith(prefixes)]
-        delete_topics(self.settings, names, admin=admin)
-        with contextlib.suppress(Exception):  # the workers' consumer group (its committed offsets)
-            listed = admin.list_consumer_groups(request_timeout=10).result()
-            groups = [g.group_id for g in listed.valid if g.group_id.startswith(f"{self.settings.app_id_prefix}-")]
-            if groups:
-                for fut in admin.delete_consumer_groups(groups, request_timeout=10).values():
-                    with contextlib.suppress(Exception):
-                        fut.result()
+        delete_environment(self.settings)
 
 
 def _count(values: Iterable[int]) -> dict[int, int]:
