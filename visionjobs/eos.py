@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from typing import Any, AsyncIterator, Optional
 
 log = logging.getLogger(__name__)
@@ -143,15 +144,26 @@ def install(app: Any) -> None:
 
         gate = CommitGate()
 
+        trace = bool(os.environ.get("VISIONJOBS_TRACE_EOS"))
+
         async def commit(offsets: Any, start_new_transaction: bool = True) -> bool:
             async with gate.closed():
-                return await original_commit(offsets, start_new_transaction=start_new_transaction)
+                if trace:
+                    log.warning("EOSTRACE commit gate=%s offsets=%s", gate.hold_after,
+                                sorted((tp.topic[-20:], tp.partition, o) for tp, o in offsets.items()))
+                result = await original_commit(offsets, start_new_transaction=start_new_transaction)
+                if trace:
+                    log.warning("EOSTRACE committed gate=%s", gate.hold_after)
+                return result
 
         buffer = app.producer.buffer
         original_put = buffer.put
 
         def put(fut: Any) -> None:
             gate.on_put(fut)
+            if trace:
+                m = fut.message
+                log.warning("EOSTRACE put seq=%s %s p=%s key=%s", gate.seq, str(m.channel)[-30:], m.partition, m.key)
             original_put(fut)
 
         buffer.put = put

@@ -10,6 +10,7 @@ table write, the completion and the input offset commit in one Kafka transaction
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, Callable
 
@@ -26,6 +27,7 @@ from ..topics import (COORDINATOR_TICKS, EMBEDDING_RESULT, EMBEDDINGS_COMPLETED,
 from .common import DeadLetters, decode_or_dead_letter, declare_topic, event_millis
 
 log = logging.getLogger(__name__)
+_TRACE = bool(os.environ.get("VISIONJOBS_TRACE_EOS"))
 
 RESULT_TOPIC = {"EMBEDDINGS": EMBEDDING_RESULT, "KEYPOINTS": KEYPOINTS_RESULT}
 COMPLETED_TOPIC = {"EMBEDDINGS": EMBEDDINGS_COMPLETED, "KEYPOINTS": KEYPOINTS_COMPLETED}
@@ -131,6 +133,9 @@ class Coordinator:
 
     def handle(self, event: Any) -> None:
         topic = event.message.topic
+        if _TRACE:
+            log.warning("EOSTRACE handle %s p=%s o=%s key=%s", topic[-22:], event.message.partition,
+                        event.message.offset, event.message.key)
         counter = self._counters.get(topic)
         if counter is not None:
             counter.inc()
