@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Iterable, Optional
 
 from confluent_kafka import KafkaException
@@ -54,7 +55,27 @@ def create_topics(settings: Settings, specs: Iterable[TopicSpec] = CONTRACT,
                     outcome[name] = "exists"
                 else:
                     raise
+        wait_until_visible(admin, [t.topic for t in to_create], settings.partitions, timeout)
     return outcome
+
+
+def wait_until_visible(admin: AdminClient, names: list[str], partitions: int, timeout: float = 30.0) -> None:
+    """Wait until the broker's metadata shows every topic with all partitions led.
+
+    A worker that subscribes before its topics are visible gets no partitions and only notices the
+    topics at its next metadata refresh; a freshly started broker can take a moment to show them.
+    """
+    deadline = time.monotonic() + timeout
+    missing = list(names)
+    while missing:
+        md = admin.list_topics(timeout=5).topics
+        missing = [n for n in names if n not in md or len(md[n].partitions) != partitions
+                   or any(p.leader < 0 for p in md[n].partitions.values())]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics not visible after {timeout}s: {missing}")
+        time.sleep(0.2)
 
 
 def describe_topics(settings: Settings, admin: Optional[AdminClient] = None) -> list[dict]:

@@ -36,6 +36,8 @@ def create_app(role: str, settings: Optional[Settings] = None, **overrides) -> f
         topic_replication_factor=settings.replication_factor,
         broker_commit_interval=settings.commit_interval_s,
         broker_session_timeout=settings.session_timeout_s,
+        # notice topics created after the worker started within 30 s, not Faust's default 5 min
+        consumer_metadata_max_age_ms=30_000,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         web_enabled=settings.web_enabled,
         web_port=settings.web_port,
