@@ -113,6 +113,34 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def warm_up(bootstrap: str, timeout: float = 60.0) -> None:
+    """Wait until a (possibly brand-new) broker serves consumer groups and transactions.
+
+    A freshly formatted broker creates ``__consumer_offsets`` and ``__transaction_state`` on first
+    use; Faust workers that are the first to need them can hang in their first rebalance. One
+    transactional producer init and one group offset lookup create both topics and wait for them.
+    """
+    from confluent_kafka import Producer  # noqa: PLC0415
+    from confluent_kafka import ConsumerGroupTopicPartitions  # noqa: PLC0415
+    from confluent_kafka.admin import AdminClient  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": "visionjobs-broker-warm-up",
+                         "log_level": 0})
+    producer.init_transactions(timeout)
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    while True:
+        try:
+            fut = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions("visionjobs-broker-warm-up")])
+            for f in fut.values():
+                f.result(timeout=10)
+            return
+        except Exception:  # coordinator not available yet
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def kafka_answers(bootstrap: str, timeout: float = 3.0) -> bool:
     """Whether a Kafka broker at ``bootstrap`` serves metadata (and lists at least one broker)."""
     addresses = []
@@ -560,6 +588,8 @@ class LocalKafka:
         self.say(f"starting Kafka {self.version} (pid {pid}) at {self.bootstrap}, home {self.home}")
         self._wait_answering(pid, timeout, started_here=True)
         self.say(f"Kafka answers at {self.bootstrap} after {time.monotonic() - started:.1f}s")
+        warm_up(self.bootstrap, timeout=max(10.0, timeout - (time.monotonic() - started)))
+        self.say(f"group and transaction coordinators ready after {time.monotonic() - started:.1f}s")
         return self.bootstrap
 
     def _wait_answering(self, pid: int, timeout: float, *, started_here: bool) -> None:
