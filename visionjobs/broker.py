@@ -116,29 +116,29 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
 def warm_up(bootstrap: str, timeout: float = 60.0) -> None:
     """Wait until a (possibly brand-new) broker serves consumer groups and transactions.
 
-    A freshly formatted broker creates ``__consumer_offsets`` and ``__transaction_state`` on first
-    use; Faust workers that are the first to need them can hang in their first rebalance. One
-    transactional producer init and one group offset lookup create both topics and wait for them.
+    A freshly formatted broker creates ``__transaction_state`` and ``__consumer_offsets`` on first
+    use; Faust workers that are the first to need them hung in their first rebalance. One
+    transactional producer start (InitProducerId) and one committed-offset lookup (FindCoordinator +
+    OffsetFetch) create both topics and wait for their coordinators. (aiokafka, the workers' own
+    client: librdkafka's admin group-offset call crashed on a broker this young.)
     """
-    from confluent_kafka import Producer  # noqa: PLC0415
-    from confluent_kafka import ConsumerGroupTopicPartitions  # noqa: PLC0415
-    from confluent_kafka.admin import AdminClient  # noqa: PLC0415
+    import asyncio  # noqa: PLC0415
 
-    deadline = time.monotonic() + timeout
-    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": "visionjobs-broker-warm-up",
-                         "log_level": 0})
-    producer.init_transactions(timeout)
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
-    while True:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: PLC0415
+
+    async def warm() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id="visionjobs-broker-warm-up")
+        await producer.start()
+        await producer.stop()
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id="visionjobs-broker-warm-up",
+                                    enable_auto_commit=False)
+        await consumer.start()
         try:
-            fut = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions("visionjobs-broker-warm-up")])
-            for f in fut.values():
-                f.result(timeout=10)
-            return
-        except Exception:  # coordinator not available yet
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+            await consumer.committed(TopicPartition("visionjobs-broker-warm-up", 0))
+        finally:
+            await consumer.stop()
+
+    asyncio.run(asyncio.wait_for(warm(), timeout))
 
 
 def kafka_answers(bootstrap: str, timeout: float = 3.0) -> bool:
