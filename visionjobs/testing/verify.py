@@ -3,29 +3,20 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Iterable
 
 from confluent_kafka import Consumer, TopicPartition
 
 from ..codec import get_codec
+from ..product_finder import committed_consumer
 from ..records import JobPhaseCompleted
 from ..settings import Settings
 from ..topics import EMBEDDINGS_COMPLETED, KEYPOINTS_COMPLETED, topic_name
 from .loadgen import JobPlan
 
 PHASE_TOPICS = {"EMBEDDINGS": EMBEDDINGS_COMPLETED, "KEYPOINTS": KEYPOINTS_COMPLETED}
-
-
-def committed_consumer(settings: Settings, group: Optional[str] = None) -> Consumer:
-    return Consumer({
-        "bootstrap.servers": settings.bootstrap_servers,
-        "group.id": group or f"visionjobs-verify-{uuid.uuid4().hex[:8]}",
-        "auto.offset.reset": "earliest", "enable.auto.commit": False,
-        "isolation.level": "read_committed", "enable.partition.eof": False,
-    })
 
 
 def read_all(settings: Settings, topics: Iterable[str], idle_s: float = 2.0, max_s: float = 60.0):
