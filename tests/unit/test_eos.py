@@ -53,3 +53,86 @@ def test_gate_orders_publishing_around_a_commit():
     committed_with, published = asyncio.run(scenario())
     assert committed_with == ["state-e1", "completion-e1"]
     assert published == ["state-e1", "completion-e1", "state-e2", "completion-e2"]
+
+
+def test_write_behind_state_joins_the_commit_it_is_flushed_in():
+    """``before_close`` stages write-behind state at the instant of the split: state flushed there is in
+    this commit, together with the completion put before it; the next event's messages are not."""
+
+    async def scenario():
+        published: list[str] = []
+        queue: asyncio.Queue = asyncio.Queue()
+        dirty: list[str] = []
+
+        def put(name):
+            fut = FakeFuture()
+            gate.on_put(fut)
+            queue.put_nowait((name, fut))
+
+        def flush():
+            while dirty:
+                put(dirty.pop(0))
+
+        gate = CommitGate(before_close=flush)
+
+        async def publisher():
+            while True:
+                name, fut = await queue.get()
+                await gate.wait_turn(fut)
+                published.append(name)
+                await asyncio.sleep(0.01)
+                fut.set_result(None)
+
+        task = asyncio.create_task(publisher())
+        put("completion-e1")  # staged while e1 was processed; its state only marked dirty
+        dirty.append("state-e1")
+        async with gate.closed():
+            in_commit = list(published)
+            put("completion-e2")
+            dirty.append("state-e2")
+        after = gate.seq
+        async with gate.closed():
+            second = list(published)
+        task.cancel()
+        return in_commit, second, after
+
+    in_commit, second, after = asyncio.run(scenario())
+    assert in_commit == ["completion-e1", "state-e1"]
+    assert second == ["completion-e1", "state-e1", "completion-e2", "state-e2"] and after == 3
+
+
+def _message(offset: int, generation_id: int, tracked: bool):
+    from faust.types.tuples import Message
+
+    msg = Message(topic="unit.products.images.ready.batch", partition=2, offset=offset, timestamp=0.0,
+                  timestamp_type=0, headers=None, key=b"job", value=b"v", checksum=None,
+                  generation_id=generation_id)
+    msg.tracked = tracked
+    return msg
+
+
+def test_an_event_skipped_after_a_rebalance_is_not_acked(tmp_path):
+    """Faust's stream skips (but acks) an event of an older generation: that ack would let the next
+    commit jump over an offset whose second delivery is not processed yet."""
+    import uuid
+
+    from visionjobs.app import create_app
+    from visionjobs.settings import Settings
+
+    app = create_app("unit", Settings(bootstrap_servers="127.0.0.1:1", web_enabled=False,
+                                      data_dir=tmp_path, app_id_prefix=f"unit{uuid.uuid4().hex[:6]}"))
+    app.topics.acks_enabled_for = lambda topic: True  # the agent's topics ack (no worker running here)
+    app.consumer_generation_id = 7
+    app.flow_control.resume()
+    consumer = app.consumer
+    stale = _message(10, generation_id=6, tracked=False)  # fetched before the rebalance, skipped
+    assert consumer.ack(stale) is False and not consumer._acked
+    skipped_while_suspended = _message(11, generation_id=7, tracked=False)
+    app.flow_control.suspend()
+    assert consumer.ack(skipped_while_suspended) is False and not consumer._acked
+    processed = _message(12, generation_id=7, tracked=True)  # handed to the agent: acks as always
+    assert consumer.ack(processed) is True
+    app.flow_control.resume()
+    unsubscribed = _message(13, generation_id=7, tracked=False)  # current and flowing: Faust's own rule
+    assert consumer.ack(unsubscribed) is True
+    assert [list(v) for v in consumer._acked.values()] == [[12, 13]]

@@ -74,11 +74,8 @@ class PhaseCoordinator:
         state = self.table.get(job_id)
         decision = step(state)
         if decision.state is not state:
-            if decision.state is None:
-                if job_id in self.table:
-                    del self.table[job_id]  # tombstone: retention over
-            else:
-                self.table[job_id] = decision.state
+            # reassigned, never mutated; None deletes (a tombstone: retention over)
+            self.table.put(event.message.partition, job_id, decision.state)
         if decision.completion is not None:
             self.completed.stage(event, event.message.key, get_codec().encode(
                 completion_record(job_id, self.phase, decision)))
