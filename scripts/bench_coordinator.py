@@ -27,7 +27,7 @@ from visionjobs.admin import create_topics, delete_topics
 from visionjobs.broker import ensure_broker
 from visionjobs.settings import Settings
 from visionjobs.testing.loadgen import LoadSpec, plan_jobs, produce
-from visionjobs.testing.workers import WorkerProcess
+from visionjobs.testing.workers import WorkerProcess, isolated_env, settings_from_env
 from visionjobs.topics import (CONTRACT, EMBEDDING_RESULT, EMBEDDINGS_COMPLETED, IMAGES_READY_BATCH,
                                KEYPOINTS_COMPLETED, KEYPOINTS_RESULT, topic_name)
 
@@ -83,13 +83,10 @@ def baseline(settings: Settings, inputs: list[str], n_messages: int, out_topic: 
 
 def run_once(args, bootstrap: str, guarantee: str, spec: LoadSpec, plans) -> dict:
     run = uuid.uuid4().hex[:8]
-    env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "VISIONJOBS_BOOTSTRAP_SERVERS": bootstrap,
-           "VISIONJOBS_TOPIC_PREFIX": f"bench{run}.", "VISIONJOBS_APP_ID_PREFIX": f"bench{run}",
-           "VISIONJOBS_PROCESSING_GUARANTEE": guarantee, "VISIONJOBS_STORE": args.store,
-           "VISIONJOBS_COMMIT_INTERVAL_S": str(args.commit_interval),
-           "VISIONJOBS_DATA_DIR": tempfile.mkdtemp(prefix="bench-"), "VISIONJOBS_PARTITIONS": str(args.partitions)}
-    settings = Settings(bootstrap_servers=bootstrap, topic_prefix=env["VISIONJOBS_TOPIC_PREFIX"],
-                        partitions=args.partitions)
+    env = isolated_env(bootstrap, f"bench{run}", tempfile.mkdtemp(prefix="bench-"), partitions=args.partitions,
+                       processing_guarantee=guarantee, store=args.store, commit_interval_s=args.commit_interval,
+                       producer_linger_s=args.linger)
+    settings = settings_from_env(env)
     create_topics(settings)
     t0 = time.monotonic()
     events = produce(settings, plans, spec)
@@ -110,7 +107,7 @@ def run_once(args, bootstrap: str, guarantee: str, spec: LoadSpec, plans) -> dic
     if args.baseline:
         base = baseline(settings, [topic_name(settings, t) for t in (IMAGES_READY_BATCH, EMBEDDING_RESULT, KEYPOINTS_RESULT)],
                         events, topic_name(settings, "visionjobs.dead-letter"))
-    out = {"guarantee": guarantee, "store": args.store, "commit_interval_s": args.commit_interval,
+    out = {"guarantee": guarantee, "store": args.store, "commit_interval_s": args.commit_interval, "linger_s": args.linger,
            "jobs": len(plans), "events": events, "results": results, "prefill_s": round(prefill_s, 2),
            "startup_s": round(t_ready - t_start, 2), "process_s": round(done - t_ready, 2),
            "results_per_s": round(results / (done - t_ready), 1),
@@ -132,6 +129,7 @@ def main() -> None:
     ap.add_argument("--guarantee", choices=["exactly_once", "at_least_once", "both"], default="both")
     ap.add_argument("--store", default="memory://")
     ap.add_argument("--commit-interval", type=float, default=0.1)
+    ap.add_argument("--linger", type=float, default=None, help="VISIONJOBS_PRODUCER_LINGER_S of the worker")
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--no-baseline", dest="baseline", action="store_false")
     ap.add_argument("--keep", action="store_true", help="keep the benchmark topics")

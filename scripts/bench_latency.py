@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -26,9 +23,8 @@ from confluent_kafka import Consumer, TopicPartition
 from visionjobs.admin import create_topics, delete_topics
 from visionjobs.broker import ensure_broker
 from visionjobs.codec import get_codec
-from visionjobs.settings import Settings
 from visionjobs.testing.loadgen import LoadSpec, iter_events, make_producer, plan_jobs
-from visionjobs.testing.workers import WorkerProcess
+from visionjobs.testing.workers import WorkerProcess, isolated_env, settings_from_env
 from visionjobs.topics import CONTRACT, EMBEDDINGS_COMPLETED, KEYPOINTS_COMPLETED, topic_name
 
 
@@ -42,11 +38,9 @@ def percentile(values, q):
 
 def run(bootstrap: str, interval: float, args) -> dict:
     run_id = uuid.uuid4().hex[:8]
-    env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "VISIONJOBS_BOOTSTRAP_SERVERS": bootstrap,
-           "VISIONJOBS_TOPIC_PREFIX": f"lat{run_id}.", "VISIONJOBS_APP_ID_PREFIX": f"lat{run_id}",
-           "VISIONJOBS_COMMIT_INTERVAL_S": str(interval), "VISIONJOBS_DATA_DIR": tempfile.mkdtemp(),
-           "VISIONJOBS_PROCESSING_GUARANTEE": args.guarantee}
-    settings = Settings(bootstrap_servers=bootstrap, topic_prefix=env["VISIONJOBS_TOPIC_PREFIX"])
+    env = isolated_env(bootstrap, f"lat{run_id}", tempfile.mkdtemp(), commit_interval_s=interval,
+                       processing_guarantee=args.guarantee)
+    settings = settings_from_env(env)
     create_topics(settings)
     jobs = int(args.rate * args.seconds / (args.max_images + 1)) + 1
     spec = LoadSpec(jobs=jobs, max_images=args.max_images, duplicate_fraction=0.0, failure_fraction=0.05,

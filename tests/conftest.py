@@ -62,22 +62,18 @@ def run_id() -> str:
 @pytest.fixture
 def vj_env(kafka_bootstrap, run_id, tmp_path) -> dict[str, str]:
     """Environment for worker processes and tools of one test: isolated topics, groups and state."""
-    return {
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "VISIONJOBS_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "VISIONJOBS_TOPIC_PREFIX": f"t{run_id}.",
-        "VISIONJOBS_APP_ID_PREFIX": f"vj{run_id}",
-        "VISIONJOBS_DATA_DIR": str(tmp_path / "data"),
-        "VISIONJOBS_PARTITIONS": "8",
-    }
+    from visionjobs.testing.workers import isolated_env
+
+    return isolated_env(kafka_bootstrap, f"vj{run_id}", tmp_path / "data", partitions=8)
 
 
 @pytest.fixture
 def vj_settings(vj_env) -> Settings:
     from visionjobs.admin import create_topics
 
-    settings = Settings(**{k.removeprefix("VISIONJOBS_").lower(): v for k, v in vj_env.items()
-                           if k.startswith("VISIONJOBS_")})
+    from visionjobs.testing.workers import settings_from_env
+
+    settings = settings_from_env(vj_env)
     create_topics(settings)
     return settings
 

@@ -39,6 +39,8 @@ def create_app(role: str, settings: Optional[Settings] = None, **overrides) -> f
         # notice topics created after the worker started within 30 s, not Faust's default 5 min
         consumer_metadata_max_age_ms=30_000,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
+        producer_linger=settings.producer_linger_s,
+        consumer_group_instance_id=settings.group_instance_id,
         web_enabled=settings.web_enabled,
         web_port=settings.web_port,
         web_bind="127.0.0.1",

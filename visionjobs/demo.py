@@ -36,6 +36,7 @@ from typing import Any, Optional
 from .product_finder import (CompletionWatcher, ImageRef, collect_images, completion_dict, make_producer,
                              new_job_id, publish_job)
 from .settings import REPO_DIR, Settings
+from .testing.workers import settings_from_env
 from .topics import EMBEDDING_RESULT, KEYPOINTS_RESULT, topic_name
 
 ROLES = ("embedding", "keypoints", "coordinator")
@@ -45,12 +46,6 @@ PHASES = ("EMBEDDINGS", "KEYPOINTS")
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def settings_from_env(env: dict[str, str]) -> Settings:
-    """Settings as a worker started with ``env`` sees them (``VISIONJOBS_*`` of env win)."""
-    return Settings(**{k.removeprefix("VISIONJOBS_").lower(): v for k, v in env.items()
-                       if k.startswith("VISIONJOBS_")})
 
 
 class LocalStack:
@@ -93,7 +88,7 @@ class LocalStack:
 
     def _start(self) -> None:
         from .admin import create_topics
-        from .testing.workers import WorkerProcess
+        from .testing.workers import WorkerProcess, isolated_env
 
         if self.own_env:
             from .broker import ensure_broker
@@ -101,13 +96,7 @@ class LocalStack:
             bootstrap, self.broker_started = ensure_broker()
             run = uuid.uuid4().hex[:8]
             self.workdir = Path(tempfile.mkdtemp(prefix=f"visionjobs-{run}-"))
-            self.env = {
-                "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-                "VISIONJOBS_BOOTSTRAP_SERVERS": bootstrap,
-                "VISIONJOBS_TOPIC_PREFIX": f"vj-{run}.",
-                "VISIONJOBS_APP_ID_PREFIX": f"vj-{run}",
-                "VISIONJOBS_DATA_DIR": str(self.workdir / "data"),
-            }
+            self.env = isolated_env(bootstrap, f"vj-{run}", self.workdir / "data")
         self.settings = settings_from_env(self.env)
         if self.log_dir is None:
             if self.workdir is None:

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     commit_interval_s: float = Field(0.1, gt=0, description="Faust broker_commit_interval")
     session_timeout_s: float = Field(10.0, ge=6, description="consumer group session timeout: how fast a dead worker's partitions move")
     heartbeat_interval_s: float = Field(2.0, gt=0)
+    group_instance_id: str | None = Field(None, description="static group membership: a restarted worker with the same id gets its partitions back without a rebalance (one id per worker!)")
+    producer_linger_s: float = Field(0.0, ge=0, description="Faust producer_linger: how long the producers wait to fill a batch")
     topic_prefix: str = Field("", description="prefix for every topic name (tests use it to isolate runs)")
     app_id_prefix: str = "visionjobs"
     store: str = Field("memory://", description="table store: memory:// or rocksdb://")

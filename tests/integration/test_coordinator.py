@@ -17,7 +17,7 @@ from confluent_kafka import Producer
 from visionjobs.codec import get_codec
 from visionjobs.records import DeadLetter, ImageEmbeddingResult, ProductsImagesReadyBatch, utcnow
 from visionjobs.testing.loadgen import LoadSpec, make_producer, plan_jobs, produce
-from visionjobs.testing.verify import check, collect, read_all, wait_for_completions
+from visionjobs.testing.verify import collect, read_all, wait_for_completions
 from visionjobs.testing.workers import WorkerProcess
 from visionjobs.topics import DEAD_LETTER, EMBEDDING_RESULT, IMAGES_READY_BATCH, topic_name
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import datetime, timezone
 
 import fastavro
 import pytest

@@ -43,6 +43,7 @@ from typing import Any, Optional
 
 from ..settings import Settings
 from .loadgen import JobPlan, LoadSpec
+from .workers import isolated_env, settings_from_env
 
 log = logging.getLogger(__name__)
 
@@ -314,12 +315,6 @@ class Interrupted(Exception):
     """The run was asked to stop (Ctrl-C, SIGTERM)."""
 
 
-def settings_from_env(env: dict[str, str]) -> Settings:
-    """Settings as a worker started with ``env`` sees them (``VISIONJOBS_*`` of env win)."""
-    return Settings(**{k.removeprefix("VISIONJOBS_").lower(): v for k, v in env.items()
-                       if k.startswith("VISIONJOBS_")})
-
-
 class Soak:
     """One soak run. ``run()`` returns a :class:`SoakResult` and always cleans up after itself."""
 
@@ -388,14 +383,7 @@ class Soak:
                                     say=self.say)
             bootstrap = self.kafka.up()
         self.result.bootstrap = bootstrap
-        self.env = {
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "VISIONJOBS_BOOTSTRAP_SERVERS": bootstrap,
-            "VISIONJOBS_TOPIC_PREFIX": f"soak{self.run_id}.",
-            "VISIONJOBS_APP_ID_PREFIX": f"soak{self.run_id}",
-            "VISIONJOBS_DATA_DIR": str(self.work_dir / "data"),
-            "VISIONJOBS_PARTITIONS": str(cfg.partitions),
-        }
+        self.env = isolated_env(bootstrap, f"soak{self.run_id}", self.work_dir / "data", partitions=cfg.partitions)
         self.settings = settings = settings_from_env(self.env)
         create_topics(settings)
         self.say(f"topics created (prefix {settings.topic_prefix!r}) at {bootstrap}; work dir {self.work_dir}")

@@ -9,7 +9,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 ROLES = {
     "coordinator": "visionjobs.workers.coordinator",
@@ -17,6 +20,25 @@ ROLES = {
     "keypoints": "visionjobs.workers.keypoints",
     "all": "visionjobs.workers.all",
 }
+
+
+def isolated_env(bootstrap: str, name: str, data_dir: Path | str, **settings: object) -> dict[str, str]:
+    """The environment of the workers and tools of one isolated run: its own topics (prefix
+    ``name.``), consumer groups (app id prefix ``name``) and state dir; ``settings`` become
+    ``VISIONJOBS_<NAME>`` variables (``None`` leaves one out)."""
+    env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "VISIONJOBS_BOOTSTRAP_SERVERS": bootstrap,
+           "VISIONJOBS_TOPIC_PREFIX": f"{name}.", "VISIONJOBS_APP_ID_PREFIX": name,
+           "VISIONJOBS_DATA_DIR": str(data_dir)}
+    env.update({f"VISIONJOBS_{k.upper()}": str(v) for k, v in settings.items() if v is not None})
+    return env
+
+
+def settings_from_env(env: dict[str, str]) -> "Settings":
+    """Settings as a worker started with ``env`` sees them (``VISIONJOBS_*`` of env win)."""
+    from ..settings import Settings
+
+    return Settings(**{k.removeprefix("VISIONJOBS_").lower(): v for k, v in env.items()
+                       if k.startswith("VISIONJOBS_")})
 
 
 def free_port() -> int:

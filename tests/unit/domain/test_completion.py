@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import random
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from visionjobs.domain.completion import (
-    Completion, PhaseState, apply_result, apply_total, expire, image_key, is_due)
+    Completion, apply_result, apply_total, expire, image_key, is_due)
 
 T = 1_000_000
 TIMEOUT = 60_000
