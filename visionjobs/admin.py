@@ -59,6 +59,31 @@ def create_topics(settings: Settings, specs: Iterable[TopicSpec] = CONTRACT,
     return outcome
 
 
+def ensure_internal_topics(bootstrap_servers: str, topics: dict[str, tuple[int, dict[str, str]]],
+                           replication_factor: int = 1, timeout: float = 30.0) -> dict[str, str]:
+    """Create missing internal topics ({name: (partitions, config)}) and wait until the broker's
+    metadata shows them. A worker calls this before its consumer joins the group: Faust creates its
+    changelog topics itself, but a topic created a moment before the first rebalance is often not in
+    the metadata yet, the assignment then leaves it out, and the first events fail on it."""
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    existing = admin.list_topics(timeout=timeout).topics
+    missing = [NewTopic(name, num_partitions=partitions, replication_factor=replication_factor, config=config)
+               for name, (partitions, config) in topics.items() if name not in existing]
+    outcome = {name: "exists" for name in topics if name in existing}
+    if missing:
+        for name, fut in admin.create_topics(missing, operation_timeout=timeout, request_timeout=timeout).items():
+            try:
+                fut.result()
+                outcome[name] = "created"
+            except KafkaException as exc:
+                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                    raise
+                outcome[name] = "exists"
+    for partitions in {p for p, _ in topics.values()}:
+        wait_until_visible(admin, [n for n, (p, _) in topics.items() if p == partitions], partitions, timeout)
+    return outcome
+
+
 def wait_until_visible(admin: AdminClient, names: list[str], partitions: int, timeout: float = 30.0) -> None:
     """Wait until the broker's metadata shows every topic with all partitions led.
 

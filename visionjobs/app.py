@@ -6,6 +6,8 @@ registers that role's agents on it. Creating the app does no I/O: Faust connects
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -22,6 +24,26 @@ class VisionApp(faust.App):
         # Faust creates only the last path component; ours lives under VISIONJOBS_DATA_DIR.
         Path(self.conf.datadir).parent.mkdir(parents=True, exist_ok=True)
         super()._create_directories()
+
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        if self.producer_only or self.client_only:
+            return
+        # Before the consumer joins the group: the changelog topics (and the leader topic) must be in
+        # the broker's metadata, or the first assignment leaves them out and the first table writes
+        # fail (Faust then crashes the agent and acks the event it was processing: a lost event).
+        topics = {f"{self.conf.id}-__assignor-__leader": (1, {})}
+        for table in self.tables.values():
+            topic = table.changelog_topic
+            topics[topic.get_topic_name()] = (table.partitions or self.conf.topic_partitions,
+                                              {"cleanup.policy": "compact"})
+        if len(topics) > 1:
+            from .admin import ensure_internal_topics
+
+            settings: Settings = self.visionjobs_settings  # type: ignore[attr-defined]
+            outcome = await asyncio.to_thread(ensure_internal_topics, settings.bootstrap_servers, topics,
+                                              settings.replication_factor)
+            logging.getLogger(__name__).info("internal topics ready: %s", outcome)
 
 
 def create_app(role: str, settings: Optional[Settings] = None, **overrides) -> faust.App:

@@ -81,6 +81,11 @@ def test_500_jobs_exactly_one_completion_each(vj_env, vj_settings, worker_logs):
         assert consumed >= sum(2 * p.total + 2 for p in plans)  # results (incl. duplicates) + batch per phase
         assert any(k.startswith("visionjobs_events_ignored_total{") and v > 0 for k, v in metrics.items())
         assert metrics['visionjobs_completion_latency_seconds_count{phase="EMBEDDINGS"}'] == 500
+    # a brand-new app id: the worker created its changelog topics before joining the group, so the first
+    # assignment had them and no agent or buffer crashed on a table write (Faust acks a crashed event)
+    log = worker.log_text()
+    assert "internal topics ready" in log and "-coordinator-keypoints-changelog" in log
+    assert "Crashed reason" not in log
 
 
 def _produce_in_background(settings, plans, spec, rate):

@@ -9,6 +9,7 @@ table write, the completion and the input offset commit in one Kafka transaction
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -128,6 +129,29 @@ class Coordinator:
         self.dead_letters = DeadLetters(app, settings, self.role, self.batch_topic)
         self._counters = {t: metrics.EVENTS_CONSUMED.labels(t, self.role) for t in names}
 
+    async def handle_safely(self, event: Any, attempts: int = 3, backoff_s: float = 0.2) -> None:
+        """:meth:`handle`, retried, then dead-lettered: never let an exception escape to Faust.
+
+        An exception escaping an agent makes Faust restart the agent *and ack the event*, so the next
+        commit skips it: a lost result and a job that never completes. Each attempt is synchronous
+        (read, apply, write, stage) and the state functions are idempotent, so a retry after a
+        partial attempt (one phase written) is safe; the event is not acked before this returns.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                self.handle(event)
+                return
+            except Exception as exc:  # noqa: BLE001 - anything: a bug, a broken dependency
+                msg = event.message
+                if attempt == attempts:
+                    log.exception("giving up on %s[%s]@%s after %d attempts", msg.topic, msg.partition,
+                                  msg.offset, attempts)
+                    self.dead_letters.send(event, "processing_error", f"{type(exc).__name__}: {exc}")
+                    return
+                log.warning("attempt %d on %s[%s]@%s failed: %r; retrying", attempt, msg.topic, msg.partition,
+                            msg.offset, exc)
+                await asyncio.sleep(backoff_s * attempt)
+
     def handle(self, event: Any) -> None:
         topic = event.message.topic
         if _TRACE:
@@ -166,7 +190,7 @@ def register_coordinator(app: Any, settings: Settings, phases: tuple[str, ...] =
     @app.agent(coordinator.source, name="visionjobs.coordinate")
     async def coordinate(stream: Any) -> None:
         async for event in stream.events():
-            coordinator.handle(event)
+            await coordinator.handle_safely(event)
 
     tick_topic = coordinator.tick_topic
 
