@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -39,7 +42,7 @@ def percentile(values, q):
 def run(bootstrap: str, interval: float, args) -> dict:
     run_id = uuid.uuid4().hex[:8]
     env = isolated_env(bootstrap, f"lat{run_id}", tempfile.mkdtemp(), commit_interval_s=interval,
-                       processing_guarantee=args.guarantee)
+                       processing_guarantee=args.guarantee, producer_linger_s=args.linger)
     settings = settings_from_env(env)
     create_topics(settings)
     jobs = int(args.rate * args.seconds / (args.max_images + 1)) + 1
@@ -107,10 +110,22 @@ def main() -> None:
     ap.add_argument("--max-images", type=int, default=20)
     ap.add_argument("--commit-intervals", default="0.05,0.1,0.5,2.8")
     ap.add_argument("--guarantee", default="exactly_once")
+    ap.add_argument("--linger", type=float, default=None, help="VISIONJOBS_PRODUCER_LINGER_S of the worker")
+    ap.add_argument("--runs", type=int, default=1, help="runs per commit interval (the summary gives medians)")
     args = ap.parse_args()
     bootstrap, _ = ensure_broker()
-    for interval in [float(x) for x in args.commit_intervals.split(",")]:
-        print(json.dumps(run(bootstrap, interval, args)), flush=True)
+    intervals = [float(x) for x in args.commit_intervals.split(",")]
+    rows = []
+    for i in range(args.runs):
+        for interval in intervals:
+            row = run(bootstrap, interval, args)
+            row["run"] = i
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    keys = ("rate_achieved", "p50_ms", "p90_ms", "p99_ms", "max_ms")
+    summary = {str(iv): {k: statistics.median(r[k] for r in rows if r["commit_interval_s"] == iv) for k in keys}
+               for iv in intervals}
+    print(json.dumps({"summary": summary, "machine": f"{os.cpu_count()} cores", "argv": sys.argv[1:]}))
 
 
 if __name__ == "__main__":

@@ -43,11 +43,18 @@ one lost or duplicated completions in our ``kill -9`` and rebalance tests, and e
 5. **Events skipped after a rebalance are acknowledged as if processed.** A stream that takes an
    event of an older consumer generation, or one delivered while flow is suspended for a rebalance,
    skips it (the partition is sought back to its committed offset and the event comes again) but
-   still acks it, in the new generation's bookkeeping. The next commit then counts that offset as done
-   and jumps over it while its second delivery is still queued; a ``kill -9`` before that delivery
-   is processed and committed loses the event (we saw one completion in 1,000 go missing this way
-   under CPU load). :func:`install` refuses acks of such skipped events: only an event a stream
-   actually handed to the agent (Faust marks it ``tracked``) can be acked.
+   still acks it, into the new generation's bookkeeping. The next commit can then count that offset
+   as done and jump over it while its second delivery is still queued; a ``kill -9`` before that
+   delivery is processed and committed loses the event. (Found by reading Faust's stream loop while
+   chasing a lost completion; ``tests/unit/test_eos.py`` shows Faust's ack taking such an event.)
+   :func:`install` refuses acks of skipped events: only an event a stream actually handed to the
+   agent (Faust marks it ``tracked``) can be acked.
+
+   Related, outside this module: an exception escaping an agent makes Faust restart the agent and
+   ack the event it crashed on, which loses it the same way (seen in the chaos soak: a changelog
+   topic missing from the first assignment). The coordinator never lets one escape
+   (``Coordinator.handle_safely``), and workers create their changelog topics before joining the
+   group (``VisionApp.on_first_start``).
 
 6. **Write-behind state** (ours, for throughput): tables registered with :func:`before_commit` keep
    their writes in memory and publish the latest value per key when the gate closes (see
