@@ -136,3 +136,50 @@ def test_an_event_skipped_after_a_rebalance_is_not_acked(tmp_path):
     unsubscribed = _message(13, generation_id=7, tracked=False)  # current and flowing: Faust's own rule
     assert consumer.ack(unsubscribed) is True
     assert [list(v) for v in consumer._acked.values()] == [[12, 13]]
+
+
+def test_recovery_sees_no_position_past_records_the_fetch_loop_has_not_handed_on(tmp_path):
+    """aiokafka's position moves when a batch is fetched; Faust's recovery ends a changelog partition
+    when the position reaches the highwater. Until the fetch loop has handed every fetched record on,
+    the position it sees must stay at the first record not handed on."""
+    import uuid
+
+    from aiokafka.structs import ConsumerRecord
+    from faust.types import TP
+
+    from visionjobs.app import create_app
+    from visionjobs.settings import Settings
+
+    app = create_app("unit", Settings(bootstrap_servers="127.0.0.1:1", web_enabled=False,
+                                      data_dir=tmp_path, app_id_prefix=f"unit{uuid.uuid4().hex[:6]}"))
+    consumer = app.consumer
+    tp = TP("unit-coordinator-keypoints-changelog", 0)
+    fetched = [ConsumerRecord(tp.topic, 0, o, 0, 0, b"job", b"v", None, 3, 1, []) for o in (566, 567, 568)]
+
+    class FakeThread:  # aiokafka, after fetching 566..568: the next offset to fetch is 569
+        async def getmany(self, active_partitions, timeout):
+            return {tp: fetched}
+
+        async def position(self, tp):
+            return 569
+
+        def highwater(self, tp):
+            return 571
+
+    consumer._thread = FakeThread()
+    consumer._get_active_partitions = lambda: {tp}
+    consumer.flow_active = True
+
+    async def scenario():
+        seen = []
+        ait = consumer.getmany(timeout=1.0).__aiter__()
+        _, first = await ait.__anext__()
+        seen.append(await consumer.position(tp))  # 566 is being handed on: nothing of the batch is done
+        _, second = await ait.__anext__()
+        seen.append(await consumer.position(tp))  # 566 handed on, 567 in flight
+        async for _ in ait:
+            pass
+        seen.append(await consumer.position(tp))  # the whole batch handed on: aiokafka's position
+        return seen
+
+    assert asyncio.run(scenario()) == [566, 567, 569]
