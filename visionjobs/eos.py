@@ -66,7 +66,17 @@ one lost or duplicated completions in our ``kill -9`` and rebalance tests, and e
    missing (three completions in 2,400 lost in the chaos soak). :func:`install` makes the position
    that recovery sees stop at the first record the fetch loop has not handed on yet.
 
-7. **Write-behind state** (ours, for throughput): tables registered with :func:`before_commit` keep
+7. **A commit can jump over the first offset after the committed one.** Faust tracks the
+   committed offset (the next one to read) and the acked offsets, and commits the first run of
+   consecutive acked offsets; but its check that the run starts where the last commit ended
+   tolerates one missing offset at the head (meant for a transaction marker sitting there). When
+   the first event after a restart was fetched but never handled (skipped by the stream while
+   flow was still being resumed), the next commit went straight past it: the event was lost (seen
+   in the 10,000-job chaos soak: a restarted worker's state lacked the first result it should have
+   re-read). :func:`install` makes that check strict, and registers a marker at the head as a known
+   gap only when a fetch made after the seek shows that the first record lies beyond it.
+
+8. **Write-behind state** (ours, for throughput): tables registered with :func:`before_commit` keep
    their writes in memory and publish the latest value per key when the gate closes (see
    ``tables.jobs.PhaseStateTable``). Flushing at the gate, with no ``await`` between the flush and
    the split, keeps rule 2: an event's state and its outputs land in the same transaction.
@@ -239,6 +249,83 @@ def _patch_delivered_position() -> None:
     Consumer._visionjobs_position_patched = True
 
 
+def _patch_commit_head() -> None:
+    """Commit only from the committed offset on: the first offset after it must have been handled,
+    or be a known gap (a transaction marker or aborted records, seen by a fetch made after the seek)."""
+    from faust.transport.consumer import Consumer
+    from faust.utils.functional import consecutive_numbers
+
+    if getattr(Consumer, "_visionjobs_head_patched", False):
+        return
+    original_perform_seek, original_seek = Consumer.perform_seek, Consumer.seek
+    original_wait, original_getmany = Consumer._wait_next_records, Consumer.getmany
+
+    def heads(consumer: Any) -> dict:
+        h = consumer.__dict__.get("_visionjobs_heads")
+        if h is None:
+            h = consumer.__dict__["_visionjobs_heads"] = {}
+            consumer.__dict__["_visionjobs_seeks"] = 0
+        return h
+
+    async def perform_seek(self: Any) -> None:
+        await original_perform_seek(self)
+        h = heads(self)
+        self.__dict__["_visionjobs_seeks"] += 1
+        h.clear()
+        h.update({tp: offset for tp, offset in self._committed_offset.items() if offset is not None})
+
+    async def seek(self: Any, partition: Any, offset: int) -> None:
+        await original_seek(self, partition, offset)
+        heads(self)[partition] = offset
+        self.__dict__["_visionjobs_seeks"] += 1
+
+    async def _wait_next_records(self: Any, timeout: float) -> Any:
+        result = await original_wait(self, timeout)
+        heads(self)
+        self.__dict__["_visionjobs_batch_seeks"] = self.__dict__["_visionjobs_seeks"]
+        return result
+
+    async def getmany(self: Any, timeout: float) -> AsyncIterator[Any]:
+        h = heads(self)
+        async for tp, message in original_getmany(self, timeout):
+            head = h.get(tp)
+            if head is not None and self.__dict__.get("_visionjobs_batch_seeks") == self.__dict__["_visionjobs_seeks"]:
+                # fetched after the last seek: nothing between the seek offset and this record exists
+                del h[tp]
+                if message.offset > head:
+                    self._gap[tp].addi(head, message.offset)
+            yield tp, message
+
+    def _new_offset(self: Any, tp: Any) -> Optional[int]:
+        acked = self._acked[tp]
+        if not acked:
+            return None
+        max_offset = max(acked)
+        gap_for_tp = self._gap[tp]
+        if gap_for_tp:
+            candidates = sorted(gap_for_tp.overlap(0, max_offset + 1), key=lambda iv: iv.begin)
+            if candidates:
+                filled = [o for iv in candidates for o in range(iv.begin, iv.end) if o not in self._acked_index[tp]]
+                acked.extend(filled)
+                self._acked_index[tp].update(filled)
+                gap_for_tp.chop(0, max(max_offset + 1, candidates[-1].end))
+        acked.sort()
+        committed = self._committed_offset[tp]
+        if committed is not None and acked[0] > committed:
+            return None  # the offset right after the last commit is neither handled nor a known gap
+        batch = next(consecutive_numbers(acked))
+        acked[: len(batch)] = []
+        self._acked_index[tp].difference_update(batch)
+        return batch[-1] + 1
+
+    Consumer.perform_seek = perform_seek
+    Consumer.seek = seek
+    Consumer._wait_next_records = _wait_next_records
+    Consumer.getmany = getmany
+    Consumer._new_offset = _new_offset
+    Consumer._visionjobs_head_patched = True
+
+
 def is_stale(app: Any, message: Any) -> bool:
     """What Faust's stream skips: a message of an older generation, or any while flow is suspended."""
     return message.generation_id != app.consumer_generation_id or not app.flow_control.is_active()
@@ -254,6 +341,7 @@ def install(app: Any) -> None:
     _patch_revocation()
     _patch_stale_acks()
     _patch_delivered_position()
+    _patch_commit_head()
 
     @app.on_partitions_assigned.connect
     async def _patch(*_: Any, **__: Any) -> None:

@@ -183,3 +183,81 @@ def test_recovery_sees_no_position_past_records_the_fetch_loop_has_not_handed_on
         return seen
 
     assert asyncio.run(scenario()) == [566, 567, 569]
+
+
+def test_a_commit_never_jumps_over_the_offset_after_the_last_commit(tmp_path):
+    """Faust tolerated one missing offset right after the committed one (for a transaction marker
+    there), so an event fetched but never handled after a restart was committed past. Now the head
+    must be handled, or shown to be a gap by a fetch made after the seek."""
+    import uuid
+
+    from aiokafka.structs import ConsumerRecord
+    from faust.types import TP
+
+    from visionjobs.app import create_app
+    from visionjobs.settings import Settings
+
+    app = create_app("unit", Settings(bootstrap_servers="127.0.0.1:1", web_enabled=False,
+                                      data_dir=tmp_path, app_id_prefix=f"unit{uuid.uuid4().hex[:6]}"))
+    app.topics.acks_enabled_for = lambda topic: True
+    app.flow_control.resume()
+    consumer = app.consumer
+    tp = TP("unit.image.keypoints.result", 3)
+    batches: list = []
+
+    class FakeThread:
+        async def getmany(self, active_partitions, timeout):
+            return {tp: [ConsumerRecord(tp.topic, 3, o, 0, 0, b"job", b"v", None, 3, 1, []) for o in batches.pop(0)]}
+
+        def seek(self, partition, offset):
+            pass
+
+        def highwater(self, tp):
+            return 10_000
+
+        async def position(self, tp):
+            return None
+
+    consumer._thread = FakeThread()
+    consumer._get_active_partitions = lambda: {tp}
+    consumer.flow_active = True
+
+    def ack(offset):
+        msg = _message(offset, generation_id=app.consumer_generation_id, tracked=True)
+        msg.tp, msg.partition, msg.topic = tp, 3, tp.topic
+        assert consumer.ack(msg)
+
+    async def fetch_all():
+        async for _ in consumer.getmany(timeout=1.0):
+            pass
+
+    async def scenario():
+        # restart: committed 5465; the event at 5465 was fetched but skipped, 5466.. were handled
+        consumer._committed_offset[tp] = 5465
+        for o in (5466, 5467):
+            ack(o)
+        held = consumer._new_offset(tp)
+        # a marker at the head: after seeking to 5500, the first record fetched is 5501
+        consumer._acked.clear(), consumer._acked_index.clear()
+        await consumer.seek(tp, 5500)
+        consumer._committed_offset[tp] = 5500
+        batches.append([5501, 5502])
+        await fetch_all()
+        for o in (5501, 5502):
+            ack(o)
+        after_marker = consumer._new_offset(tp)
+        # a batch fetched before a seek proves nothing about the new head
+        consumer._acked.clear(), consumer._acked_index.clear()
+        batches.append([5604, 5605])
+        ait = consumer.getmany(timeout=1.0).__aiter__()
+        first = await ait.__anext__()
+        await consumer.seek(tp, 5603)
+        consumer._committed_offset[tp] = 5603
+        async for _ in ait:
+            pass
+        for o in (5604, 5605):
+            ack(o)
+        stale = consumer._new_offset(tp)
+        return held, after_marker, first[1].offset, stale
+
+    assert asyncio.run(scenario()) == (None, 5503, 5604, None)
