@@ -318,6 +318,21 @@ def _patch_commit_head() -> None:
         self._acked_index[tp].difference_update(batch)
         return batch[-1] + 1
 
+    async def _add_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
+        # The fetch loop saw ``offset_to`` right after ``offset_from - 1``: the offsets in between are
+        # transaction markers or aborted records. Faust clamps the gap to committed + 1 (as if the
+        # committed offset were the last one processed; it is the next one to read) and counts
+        # ``offset_to`` itself, the record about to be handled, as done.
+        committed = self._committed_offset[tp]
+        if committed is not None:
+            offset_from = max(offset_from, committed)
+        if offset_from < offset_to:
+            gap_for_tp = self._gap[tp]
+            gap_for_tp.addi(offset_from, offset_to)
+            await asyncio.sleep(0)
+            gap_for_tp.merge_overlaps()
+
+    Consumer._add_gap = _add_gap
     Consumer.perform_seek = perform_seek
     Consumer.seek = seek
     Consumer._wait_next_records = _wait_next_records

@@ -261,3 +261,37 @@ def test_a_commit_never_jumps_over_the_offset_after_the_last_commit(tmp_path):
         return held, after_marker, first[1].offset, stale
 
     assert asyncio.run(scenario()) == (None, 5503, 5604, None)
+
+
+def test_a_transaction_marker_after_a_commit_does_not_hold_the_next_commit(tmp_path):
+    """Input written transactionally: record 0, marker 1, record 2. After committing 1 (the next
+    offset to read, here the marker), the gap the fetch loop reports for 1 must count."""
+    import uuid
+
+    from faust.types import TP
+
+    from visionjobs.app import create_app
+    from visionjobs.settings import Settings
+
+    app = create_app("unit", Settings(bootstrap_servers="127.0.0.1:1", web_enabled=False,
+                                      data_dir=tmp_path, app_id_prefix=f"unit{uuid.uuid4().hex[:6]}"))
+    app.topics.acks_enabled_for = lambda topic: True
+    app.flow_control.resume()
+    consumer = app.consumer
+    tp = TP("unit.image.embedding.result", 0)
+
+    def ack(offset):
+        msg = _message(offset, generation_id=app.consumer_generation_id, tracked=True)
+        msg.tp, msg.partition, msg.topic = tp, 0, tp.topic
+        assert consumer.ack(msg)
+
+    async def scenario():
+        ack(0)
+        first = consumer._new_offset(tp)
+        consumer._committed_offset[tp] = first
+        await consumer._add_gap(tp, 1, 2)  # what the fetch loop reports when record 2 follows record 0
+        held_before_2 = consumer._new_offset(tp)  # 2 is not handled yet: nothing to commit
+        ack(2)
+        return first, held_before_2, consumer._new_offset(tp)
+
+    assert asyncio.run(scenario()) == (1, None, 3)
