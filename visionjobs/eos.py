@@ -76,7 +76,13 @@ one lost or duplicated completions in our ``kill -9`` and rebalance tests, and e
    re-read). :func:`install` makes that check strict, and registers a marker at the head as a known
    gap only when a fetch made after the seek shows that the first record lies beyond it.
 
-8. **Write-behind state** (ours, for throughput): tables registered with :func:`before_commit` keep
+8. **Partition transactions commit one after another** (ours, for latency): Faust commits the
+   transaction of each assigned partition in turn, three round trips each, so a commit of eight
+   partitions took ~200 ms on the dev box and completions waited for it. Each partition's transaction
+   holds only that partition's offsets, state and outputs, so :func:`install` commits them
+   concurrently.
+
+9. **Write-behind state** (ours, for throughput): tables registered with :func:`before_commit` keep
    their writes in memory and publish the latest value per key when the gate closes (see
    ``tables.jobs.PhaseStateTable``). Flushing at the gate, with no ``await`` between the flush and
    the split, keeps rule 2: an event's state and its outputs land in the same transaction.
@@ -341,6 +347,32 @@ def _patch_commit_head() -> None:
     Consumer._visionjobs_head_patched = True
 
 
+def _patch_concurrent_commits() -> None:
+    """Commit the per-partition transactions concurrently (each is self-contained)."""
+    from faust.transport.drivers.aiokafka import Producer
+
+    if getattr(Producer, "_visionjobs_concurrent_commits", False):
+        return
+
+    async def commit_transactions(self: Any, tid_to_offset_map: Any, group_id: str,
+                                  start_new_transaction: bool = True) -> None:
+        async def commit_one(transactional_id: str, offsets: Any) -> None:
+            async with self._trn_locks[transactional_id]:
+                producer = self._transaction_producers.get(transactional_id)
+                if producer is None:
+                    log.warning("Commit invoked for unknown transaction %s", transactional_id)
+                    return
+                await producer.send_offsets_to_transaction(offsets, group_id)
+                await producer.commit_transaction()
+                if start_new_transaction:
+                    await producer.begin_transaction()
+
+        await asyncio.gather(*(commit_one(tid, offsets) for tid, offsets in tid_to_offset_map.items()))
+
+    Producer.commit_transactions = commit_transactions
+    Producer._visionjobs_concurrent_commits = True
+
+
 def is_stale(app: Any, message: Any) -> bool:
     """What Faust's stream skips: a message of an older generation, or any while flow is suspended."""
     return message.generation_id != app.consumer_generation_id or not app.flow_control.is_active()
@@ -357,6 +389,7 @@ def install(app: Any) -> None:
     _patch_stale_acks()
     _patch_delivered_position()
     _patch_commit_head()
+    _patch_concurrent_commits()
 
     @app.on_partitions_assigned.connect
     async def _patch(*_: Any, **__: Any) -> None:
