@@ -48,7 +48,7 @@ def prefill(settings: Settings, jobs: int, run: str) -> int:
         job = f"inflight-{run}-{i:07d}"
         key = job.encode()
         values = [
-            (IMAGES_READY_BATCH, ProductsImagesReadyBatch(f"b-{job}", job, 3)),
+            (IMAGES_READY_BATCH, ProductsImagesReadyBatch(job, f"b-{job}", 3)),
             (EMBEDDING_RESULT, ImageEmbeddingResult(f"e-{job}", job, "img-0", "p", "OK", None, "m", [], now)),
             (KEYPOINTS_RESULT, ImageKeypointsResult(f"k-{job}", job, "img-0", "p", "OK", None, "orb", [], b"", 0,
                                                     now)),
@@ -136,7 +136,7 @@ def run_once(args, bootstrap: str, store: str) -> dict:
         probe = f"probe-{run}"
         producer = make_producer(settings)
         producer.produce(topic_name(settings, IMAGES_READY_BATCH), key=probe.encode(),
-                         value=get_codec().encode(ProductsImagesReadyBatch(f"b-{probe}", probe, 0)))
+                         value=get_codec().encode(ProductsImagesReadyBatch(probe, f"b-{probe}", 0)))
         producer.flush(30)
         worker.wait_ready(timeout=300)
         t_ready = time.monotonic()
