@@ -24,6 +24,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from visionjobs.admin import create_topics, delete_topics
+from visionjobs.product_finder import produce_waiting
 from visionjobs.broker import ensure_broker
 from visionjobs.settings import Settings
 from visionjobs.testing.loadgen import LoadSpec, plan_jobs, produce
@@ -67,12 +68,7 @@ def baseline(settings: Settings, inputs: list[str], n_messages: int, out_topic: 
                 continue
             if start is None:
                 start = time.monotonic()
-            while True:
-                try:
-                    p.produce(out_topic, key=m.key(), value=m.value(), partition=m.partition())
-                    break
-                except BufferError:
-                    p.poll(0.01)
+            produce_waiting(p, out_topic, poll_s=0.01, key=m.key(), value=m.value(), partition=m.partition())
             seen += 1
         p.poll(0)
     p.flush(60)

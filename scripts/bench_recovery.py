@@ -31,7 +31,7 @@ from confluent_kafka import Consumer, TopicPartition
 from visionjobs.admin import create_topics, delete_topics
 from visionjobs.broker import ensure_broker
 from visionjobs.codec import get_codec
-from visionjobs.product_finder import make_producer
+from visionjobs.product_finder import make_producer, produce_waiting
 from visionjobs.records import ImageEmbeddingResult, ImageKeypointsResult, ProductsImagesReadyBatch, utcnow
 from visionjobs.settings import Settings
 from visionjobs.testing.workers import WorkerProcess, isolated_env, settings_from_env
@@ -54,12 +54,7 @@ def prefill(settings: Settings, jobs: int, run: str) -> int:
                                                     now)),
         ]
         for name, record in values:
-            while True:
-                try:
-                    producer.produce(topic_name(settings, name), key=key, value=codec.encode(record))
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            produce_waiting(producer, topic_name(settings, name), key=key, value=codec.encode(record))
             n += 1
         if i % 1000 == 0:
             producer.poll(0)

@@ -51,6 +51,16 @@ class SubmitError(ValueError):
 
 
 # --------------------------------------------------------------------------- producer
+def produce_waiting(producer: Any, topic: str, poll_s: float = 0.05, **kwargs: Any) -> None:
+    """``producer.produce`` that waits (serving delivery callbacks) while the local queue is full."""
+    while True:
+        try:
+            producer.produce(topic, **kwargs)
+            return
+        except BufferError:
+            producer.poll(poll_s)
+
+
 def make_producer(settings: Settings, **extra: Any) -> Producer:
     """confluent-kafka producer that partitions like Java and aiokafka (murmur2), idempotent."""
     conf = {"bootstrap.servers": settings.bootstrap_servers, "partitioner": "murmur2_random",
@@ -257,12 +267,7 @@ def publish_job(settings: Settings, job_id: str, images: Sequence[ImageRef], *,
     try:
         for topic, record in job_events(job_id, images):
             value = codec.encode(record)
-            while True:
-                try:
-                    producer.produce(topic_name(settings, topic), key=key, value=value, on_delivery=delivered)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            produce_waiting(producer, topic_name(settings, topic), key=key, value=value, on_delivery=delivered)
             producer.poll(0)
         remaining = producer.flush(timeout_s)
     finally:

@@ -4,8 +4,23 @@ published (and acknowledged) before the commit runs, messages put after it wait 
 from __future__ import annotations
 
 import asyncio
+import uuid
+
+import pytest
 
 from visionjobs.eos import CommitGate
+
+
+@pytest.fixture
+def app(tmp_path):
+    """A worker app that never connects (exactly-once patches installed), acking every topic."""
+    from visionjobs.app import create_app
+    from visionjobs.settings import Settings
+
+    app = create_app("unit", Settings(bootstrap_servers="127.0.0.1:1", web_enabled=False,
+                                      data_dir=tmp_path, app_id_prefix=f"unit{uuid.uuid4().hex[:6]}"))
+    app.topics.acks_enabled_for = lambda topic: True  # the agent's topics ack (no worker running here)
+    return app
 
 
 class FakeFuture(asyncio.Future):
@@ -111,17 +126,9 @@ def _message(offset: int, generation_id: int, tracked: bool):
     return msg
 
 
-def test_an_event_skipped_after_a_rebalance_is_not_acked(tmp_path):
+def test_an_event_skipped_after_a_rebalance_is_not_acked(app):
     """Faust's stream skips (but acks) an event of an older generation: that ack would let the next
     commit jump over an offset whose second delivery is not processed yet."""
-    import uuid
-
-    from visionjobs.app import create_app
-    from visionjobs.settings import Settings
-
-    app = create_app("unit", Settings(bootstrap_servers="127.0.0.1:1", web_enabled=False,
-                                      data_dir=tmp_path, app_id_prefix=f"unit{uuid.uuid4().hex[:6]}"))
-    app.topics.acks_enabled_for = lambda topic: True  # the agent's topics ack (no worker running here)
     app.consumer_generation_id = 7
     app.flow_control.resume()
     consumer = app.consumer
@@ -138,20 +145,13 @@ def test_an_event_skipped_after_a_rebalance_is_not_acked(tmp_path):
     assert [list(v) for v in consumer._acked.values()] == [[12, 13]]
 
 
-def test_recovery_sees_no_position_past_records_the_fetch_loop_has_not_handed_on(tmp_path):
+def test_recovery_sees_no_position_past_records_the_fetch_loop_has_not_handed_on(app):
     """aiokafka's position moves when a batch is fetched; Faust's recovery ends a changelog partition
     when the position reaches the highwater. Until the fetch loop has handed every fetched record on,
     the position it sees must stay at the first record not handed on."""
-    import uuid
-
     from aiokafka.structs import ConsumerRecord
     from faust.types import TP
 
-    from visionjobs.app import create_app
-    from visionjobs.settings import Settings
-
-    app = create_app("unit", Settings(bootstrap_servers="127.0.0.1:1", web_enabled=False,
-                                      data_dir=tmp_path, app_id_prefix=f"unit{uuid.uuid4().hex[:6]}"))
     consumer = app.consumer
     tp = TP("unit-coordinator-keypoints-changelog", 0)
     fetched = [ConsumerRecord(tp.topic, 0, o, 0, 0, b"job", b"v", None, 3, 1, []) for o in (566, 567, 568)]
@@ -185,21 +185,13 @@ def test_recovery_sees_no_position_past_records_the_fetch_loop_has_not_handed_on
     assert asyncio.run(scenario()) == [566, 567, 569]
 
 
-def test_a_commit_never_jumps_over_the_offset_after_the_last_commit(tmp_path):
+def test_a_commit_never_jumps_over_the_offset_after_the_last_commit(app):
     """Faust tolerated one missing offset right after the committed one (for a transaction marker
     there), so an event fetched but never handled after a restart was committed past. Now the head
     must be handled, or shown to be a gap by a fetch made after the seek."""
-    import uuid
-
     from aiokafka.structs import ConsumerRecord
     from faust.types import TP
 
-    from visionjobs.app import create_app
-    from visionjobs.settings import Settings
-
-    app = create_app("unit", Settings(bootstrap_servers="127.0.0.1:1", web_enabled=False,
-                                      data_dir=tmp_path, app_id_prefix=f"unit{uuid.uuid4().hex[:6]}"))
-    app.topics.acks_enabled_for = lambda topic: True
     app.flow_control.resume()
     consumer = app.consumer
     tp = TP("unit.image.keypoints.result", 3)
@@ -263,19 +255,11 @@ def test_a_commit_never_jumps_over_the_offset_after_the_last_commit(tmp_path):
     assert asyncio.run(scenario()) == (None, 5503, 5604, None)
 
 
-def test_a_transaction_marker_after_a_commit_does_not_hold_the_next_commit(tmp_path):
+def test_a_transaction_marker_after_a_commit_does_not_hold_the_next_commit(app):
     """Input written transactionally: record 0, marker 1, record 2. After committing 1 (the next
     offset to read, here the marker), the gap the fetch loop reports for 1 must count."""
-    import uuid
-
     from faust.types import TP
 
-    from visionjobs.app import create_app
-    from visionjobs.settings import Settings
-
-    app = create_app("unit", Settings(bootstrap_servers="127.0.0.1:1", web_enabled=False,
-                                      data_dir=tmp_path, app_id_prefix=f"unit{uuid.uuid4().hex[:6]}"))
-    app.topics.acks_enabled_for = lambda topic: True
     app.flow_control.resume()
     consumer = app.consumer
     tp = TP("unit.image.embedding.result", 0)

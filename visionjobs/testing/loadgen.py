@@ -16,7 +16,7 @@ from typing import Iterator, Optional
 from confluent_kafka import Producer
 
 from ..codec import get_codec
-from ..product_finder import make_producer  # noqa: F401 - the one producer factory, re-exported
+from ..product_finder import make_producer, produce_waiting  # noqa: F401 - make_producer re-exported
 from ..records import (ImageEmbeddingResult, ImageKeypointsResult, ProductsImagesReadyBatch,
                        result_event_id, utcnow)
 from ..settings import Settings
@@ -110,12 +110,7 @@ def produce(settings: Settings, plans: list[JobPlan], spec: LoadSpec, rate: floa
     sent = 0
     started = time.monotonic()
     for topic, key, record in iter_events(plans, spec, settings):
-        while True:
-            try:
-                producer.produce(topic, key=key.encode(), value=codec.encode(record))
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_waiting(producer, topic, key=key.encode(), value=codec.encode(record))
         sent += 1
         if sent % 1000 == 0:
             producer.poll(0)
