@@ -74,7 +74,9 @@ one lost or duplicated completions in our ``kill -9`` and rebalance tests, and e
    flow was still being resumed), the next commit went straight past it: the event was lost (seen
    in the 10,000-job chaos soak: a restarted worker's state lacked the first result it should have
    re-read). :func:`install` makes that check strict, and registers a marker at the head as a known
-   gap only when a fetch made after the seek shows that the first record lies beyond it.
+   gap only when a fetch made after the seek shows that the first record lies beyond it. Gaps the
+   fetch loop reports now start at the committed offset (Faust clamped them to committed + 1, which
+   left a marker right after a commit uncounted) and no longer include the record about to be handled.
 
 8. **Partition transactions commit one after another** (ours, for latency): Faust commits the
    transaction of each assigned partition in turn, three round trips each, so a commit of eight
