@@ -240,6 +240,7 @@ def test_a_commit_never_jumps_over_the_offset_after_the_last_commit(app):
         after_marker = consumer._new_offset(tp)
         # a batch fetched before a seek proves nothing about the new head
         consumer._acked.clear(), consumer._acked_index.clear()
+        await consumer.seek(tp, 5604)
         batches.append([5604, 5605])
         ait = consumer.getmany(timeout=1.0).__aiter__()
         first = await ait.__anext__()
@@ -322,3 +323,43 @@ def test_partition_transactions_commit_concurrently():
     for i, t in enumerate(tids):  # per partition: its offsets, commit, begin, in that order
         assert [c for tid, c in calls if tid == t] == [f"offsets [(('topic', {i}), {10 + i})] app", "commit", "begin"]
     assert in_flight["max"] == 8  # all eight in flight at once, not one after another
+
+
+def test_a_marker_after_the_record_at_offset_0_is_a_gap(app):
+    """Record 0, marker 1, record 2 (a vision agent's first transaction held one result): Faust's
+    fetch loop reports no gap after a record at offset 0, so after committing 1 the strict head
+    check would wait for offset 1 forever (a completion then stayed in an open transaction)."""
+    from aiokafka.structs import ConsumerRecord
+    from faust.types import TP
+
+    app.flow_control.resume()
+    consumer = app.consumer
+    tp = TP("unit.image.embedding.result", 5)
+
+    class FakeThread:
+        async def getmany(self, active_partitions, timeout):
+            return {tp: [ConsumerRecord(tp.topic, 5, o, 0, 0, b"job", b"v", None, 3, 1, []) for o in (0, 2)]}
+
+        def highwater(self, tp):
+            return 3
+
+    consumer._thread = FakeThread()
+    consumer._get_active_partitions = lambda: {tp}
+    consumer.flow_active = True
+
+    def ack(offset):
+        msg = _message(offset, generation_id=app.consumer_generation_id, tracked=True)
+        msg.tp, msg.partition, msg.topic = tp, 5, tp.topic
+        assert consumer.ack(msg)
+
+    async def scenario():
+        ait = consumer.getmany(timeout=1.0).__aiter__()
+        await ait.__anext__()
+        ack(0)
+        first = consumer._new_offset(tp)  # first commit of a new group: 1
+        consumer._committed_offset[tp] = first
+        await ait.__anext__()
+        ack(2)
+        return first, consumer._new_offset(tp)
+
+    assert asyncio.run(scenario()) == (1, 3)
