@@ -126,6 +126,46 @@ def _message(offset: int, generation_id: int, tracked: bool):
     return msg
 
 
+class FakeFetcher:
+    """Stands in for Faust's aiokafka consumer thread on one partition: each ``getmany`` hands out the
+    next batch of offsets; ``position`` is aiokafka's (the next offset it would fetch)."""
+
+    def __init__(self, tp, batches=(), position=None):
+        self.tp, self.batches, self.position_after_fetch = tp, list(batches), position
+
+    async def getmany(self, active_partitions, timeout):
+        from aiokafka.structs import ConsumerRecord
+
+        return {self.tp: [ConsumerRecord(self.tp.topic, self.tp.partition, o, 0, 0, b"job", b"v", None, 3, 1, [])
+                          for o in self.batches.pop(0)]}
+
+    def seek(self, partition, offset):
+        pass
+
+    def highwater(self, tp):
+        return 10_000
+
+    async def position(self, tp):
+        return self.position_after_fetch
+
+
+def fetching_consumer(app, tp, batches=(), position=None):
+    """The app's real Faust consumer (our patches installed), fetching from a :class:`FakeFetcher`."""
+    consumer = app.consumer
+    fetcher = FakeFetcher(tp, batches, position)
+    consumer._thread = fetcher
+    consumer._get_active_partitions = lambda: {tp}
+    consumer.flow_active = True
+    return consumer, fetcher
+
+
+def ack_handled(app, tp, offset):
+    """Ack an event the agent handled (tracked, current generation) at ``offset`` of ``tp``."""
+    msg = _message(offset, generation_id=app.consumer_generation_id, tracked=True)
+    msg.tp, msg.partition, msg.topic = tp, tp.partition, tp.topic
+    assert app.consumer.ack(msg)
+
+
 def test_an_event_skipped_after_a_rebalance_is_not_acked(app):
     """Faust's stream skips (but acks) an event of an older generation: that ack would let the next
     commit jump over an offset whose second delivery is not processed yet."""
@@ -149,26 +189,11 @@ def test_recovery_sees_no_position_past_records_the_fetch_loop_has_not_handed_on
     """aiokafka's position moves when a batch is fetched; Faust's recovery ends a changelog partition
     when the position reaches the highwater. Until the fetch loop has handed every fetched record on,
     the position it sees must stay at the first record not handed on."""
-    from aiokafka.structs import ConsumerRecord
     from faust.types import TP
 
-    consumer = app.consumer
     tp = TP("unit-coordinator-keypoints-changelog", 0)
-    fetched = [ConsumerRecord(tp.topic, 0, o, 0, 0, b"job", b"v", None, 3, 1, []) for o in (566, 567, 568)]
-
-    class FakeThread:  # aiokafka, after fetching 566..568: the next offset to fetch is 569
-        async def getmany(self, active_partitions, timeout):
-            return {tp: fetched}
-
-        async def position(self, tp):
-            return 569
-
-        def highwater(self, tp):
-            return 571
-
-    consumer._thread = FakeThread()
-    consumer._get_active_partitions = lambda: {tp}
-    consumer.flow_active = True
+    # aiokafka, after fetching 566..568: the next offset to fetch is 569
+    consumer, _ = fetching_consumer(app, tp, [[566, 567, 568]], position=569)
 
     async def scenario():
         seen = []
@@ -189,35 +214,14 @@ def test_a_commit_never_jumps_over_the_offset_after_the_last_commit(app):
     """Faust tolerated one missing offset right after the committed one (for a transaction marker
     there), so an event fetched but never handled after a restart was committed past. Now the head
     must be handled, or shown to be a gap by a fetch made after the seek."""
-    from aiokafka.structs import ConsumerRecord
     from faust.types import TP
 
     app.flow_control.resume()
-    consumer = app.consumer
     tp = TP("unit.image.keypoints.result", 3)
-    batches: list = []
-
-    class FakeThread:
-        async def getmany(self, active_partitions, timeout):
-            return {tp: [ConsumerRecord(tp.topic, 3, o, 0, 0, b"job", b"v", None, 3, 1, []) for o in batches.pop(0)]}
-
-        def seek(self, partition, offset):
-            pass
-
-        def highwater(self, tp):
-            return 10_000
-
-        async def position(self, tp):
-            return None
-
-    consumer._thread = FakeThread()
-    consumer._get_active_partitions = lambda: {tp}
-    consumer.flow_active = True
+    consumer, fetcher = fetching_consumer(app, tp)
 
     def ack(offset):
-        msg = _message(offset, generation_id=app.consumer_generation_id, tracked=True)
-        msg.tp, msg.partition, msg.topic = tp, 3, tp.topic
-        assert consumer.ack(msg)
+        ack_handled(app, tp, offset)
 
     async def fetch_all():
         async for _ in consumer.getmany(timeout=1.0):
@@ -233,7 +237,7 @@ def test_a_commit_never_jumps_over_the_offset_after_the_last_commit(app):
         consumer._acked.clear(), consumer._acked_index.clear()
         await consumer.seek(tp, 5500)
         consumer._committed_offset[tp] = 5500
-        batches.append([5501, 5502])
+        fetcher.batches.append([5501, 5502])
         await fetch_all()
         for o in (5501, 5502):
             ack(o)
@@ -241,7 +245,7 @@ def test_a_commit_never_jumps_over_the_offset_after_the_last_commit(app):
         # a batch fetched before a seek proves nothing about the new head
         consumer._acked.clear(), consumer._acked_index.clear()
         await consumer.seek(tp, 5604)
-        batches.append([5604, 5605])
+        fetcher.batches.append([5604, 5605])
         ait = consumer.getmany(timeout=1.0).__aiter__()
         first = await ait.__anext__()
         await consumer.seek(tp, 5603)
@@ -266,9 +270,7 @@ def test_a_transaction_marker_after_a_commit_does_not_hold_the_next_commit(app):
     tp = TP("unit.image.embedding.result", 0)
 
     def ack(offset):
-        msg = _message(offset, generation_id=app.consumer_generation_id, tracked=True)
-        msg.tp, msg.partition, msg.topic = tp, 0, tp.topic
-        assert consumer.ack(msg)
+        ack_handled(app, tp, offset)
 
     async def scenario():
         ack(0)
@@ -329,28 +331,14 @@ def test_a_marker_after_the_record_at_offset_0_is_a_gap(app):
     """Record 0, marker 1, record 2 (a vision agent's first transaction held one result): Faust's
     fetch loop reports no gap after a record at offset 0, so after committing 1 the strict head
     check would wait for offset 1 forever (a completion then stayed in an open transaction)."""
-    from aiokafka.structs import ConsumerRecord
     from faust.types import TP
 
     app.flow_control.resume()
-    consumer = app.consumer
     tp = TP("unit.image.embedding.result", 5)
-
-    class FakeThread:
-        async def getmany(self, active_partitions, timeout):
-            return {tp: [ConsumerRecord(tp.topic, 5, o, 0, 0, b"job", b"v", None, 3, 1, []) for o in (0, 2)]}
-
-        def highwater(self, tp):
-            return 3
-
-    consumer._thread = FakeThread()
-    consumer._get_active_partitions = lambda: {tp}
-    consumer.flow_active = True
+    consumer, _ = fetching_consumer(app, tp, [[0, 2]])
 
     def ack(offset):
-        msg = _message(offset, generation_id=app.consumer_generation_id, tracked=True)
-        msg.tp, msg.partition, msg.topic = tp, 5, tp.topic
-        assert consumer.ack(msg)
+        ack_handled(app, tp, offset)
 
     async def scenario():
         ait = consumer.getmany(timeout=1.0).__aiter__()
