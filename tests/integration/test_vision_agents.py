@@ -149,13 +149,8 @@ def test_embedding_and_keypoint_workers(vj_env, worker_logs, tmp_path, run_id):
     assert "Traceback" not in log and "Traceback" not in keypoints.log_text()
 
 
-def test_embedding_results_exactly_once_through_rebalance_and_sigkill(vj_env, worker_logs, run_id):
-    """A second embedding worker joins while the first is busy, then the first is killed with
-    SIGKILL: every image still has a committed result, and exactly one (aborted transactions stay
-    invisible to read_committed, the new owner redoes what was not committed)."""
-    env = {**vj_env, "BROKER_SESSION_TIMEOUT": "10", "BROKER_HEARTBEAT_INTERVAL": "1",
-           "VISIONJOBS_BATCH_SIZE": "8"}
-    settings = settings_from_env(env)
+def _eight_sample_jobs(settings, run_id):
+    """Create the topics; 8 jobs of the sample images three times over (distinct image ids)."""
     from visionjobs.admin import create_topics
 
     create_topics(settings)
@@ -163,7 +158,17 @@ def test_embedding_results_exactly_once_through_rebalance_and_sigkill(vj_env, wo
     jobs = {f"job-{run_id}-{j}": [ImageRef(im.uri, f"{i:03d}-{im.image_id}", im.product_id)
                                   for i, im in enumerate(samples * 3)]
             for j in range(8)}
-    total = sum(len(v) for v in jobs.values())
+    return jobs, sum(len(v) for v in jobs.values())
+
+
+def test_embedding_results_exactly_once_through_rebalance_and_sigkill(vj_env, worker_logs, run_id):
+    """A second embedding worker joins while the first is busy, then the first is killed with
+    SIGKILL: every image still has a committed result, and exactly one (aborted transactions stay
+    invisible to read_committed, the new owner redoes what was not committed)."""
+    env = {**vj_env, "BROKER_SESSION_TIMEOUT": "10", "BROKER_HEARTBEAT_INTERVAL": "1",
+           "VISIONJOBS_BATCH_SIZE": "8"}
+    settings = settings_from_env(env)
+    jobs, total = _eight_sample_jobs(settings, run_id)
 
     first = start_workers(env, worker_logs / "first", "embedding")[0]
     second = WorkerProcess("embedding", env, worker_logs / "second")
@@ -193,14 +198,7 @@ def test_graceful_restarts_mid_stream_lose_and_duplicate_nothing(vj_env, worker_
     """SIGTERM while micro-batches are in flight: the worker finishes and commits what it started
     (stream_wait_empty) before it leaves, so after restarts every image has exactly one result."""
     settings = settings_from_env(vj_env)
-    from visionjobs.admin import create_topics
-
-    create_topics(settings)
-    samples = collect_images([IMAGES])
-    jobs = {f"job-{run_id}-{j}": [ImageRef(im.uri, f"{i:03d}-{im.image_id}", im.product_id)
-                                  for i, im in enumerate(samples * 3)]
-            for j in range(8)}
-    total = sum(len(v) for v in jobs.values())
+    jobs, total = _eight_sample_jobs(settings, run_id)
     for job_id, images in jobs.items():
         publish_job(settings, job_id, images)
     worker = WorkerProcess("embedding", vj_env, worker_logs)
