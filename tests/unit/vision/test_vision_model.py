@@ -46,7 +46,12 @@ def test_embeddings_are_unit_length_and_batch_independent(embedder, sample_image
     assert emb.shape == (3, 1280) and emb.dtype == np.float32
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
     alone = embedder.embed([sample_images["coffee"]])
-    assert np.allclose(alone[0], emb[1], atol=1e-5)  # same result in or out of a micro-batch
+    # the same result in or out of a micro-batch: to 1e-5 on CPU; on CUDA cuDNN picks its convolution
+    # algorithm per batch shape and onnxruntime allows TF32, so a batch of one differs by ~2e-5 there
+    # (seen on an H200: cosine to the CPU result 0.999997)
+    atol = 1e-5 if embedder.provider == "CPUExecutionProvider" else 2e-4
+    assert np.allclose(alone[0], emb[1], atol=atol)
+    assert float(alone[0] @ emb[1]) > 0.9999
     assert embedder.embed([]).shape == (0, 1280)
 
 
