@@ -98,7 +98,8 @@ def embedding_result(request: ProductImageReady, model: str, vector: Optional[Se
         event_id=result_event_id(request.job_id, request.image_id, PHASE),
         job_id=request.job_id, image_id=request.image_id, product_id=request.product_id,
         status="OK" if ok else "FAILED", error=None if ok else clip(str(error)), model=model,
-        embedding=[float(x) for x in vector] if ok else [],  # type: ignore[union-attr]
+        # tolist(): Python floats in one C call (a per-element float() was 0.3 ms per 1280-d vector)
+        embedding=np.asarray(vector, dtype=np.float32).tolist() if ok else [],
         created_at=now or utcnow())
 
 
@@ -142,18 +143,26 @@ class ImageSource:
     def load_sync(self, uri: str) -> np.ndarray:
         return decode_image(self.loader.load(uri), self.max_pixels)
 
-    def _attempt(self, uri: str) -> Union[np.ndarray, Failure]:
+    def _attempt(self, uri: str, prepare: Optional[Callable[[np.ndarray], Any]] = None) -> Any:
         try:
-            return self.load_sync(uri)
+            image = self.load_sync(uri)
         except Exception as exc:  # noqa: BLE001 - any failure is this image's failure
             return Failure(error_text(exc))
+        if prepare is None:
+            return image
+        try:
+            return prepare(image)
+        except Exception as exc:  # noqa: BLE001 - the model's preprocessing of this image failed
+            return Failure(clip(f"inference_failed: {type(exc).__name__}: {exc}"))
 
-    async def load_many(self, uris: Sequence[str]) -> list[Union[np.ndarray, Failure]]:
-        """One decoded BGR image or :class:`Failure` per URI, in order. Never raises."""
+    async def load_many(self, uris: Sequence[str],
+                        prepare: Optional[Callable[[np.ndarray], Any]] = None) -> list[Union[np.ndarray, Failure]]:
+        """One decoded BGR image (or ``prepare(image)``, computed on the loading thread too) or
+        :class:`Failure` per URI, in order. Never raises."""
         if not uris:
             return []
         loop = asyncio.get_running_loop()
-        futures = [loop.run_in_executor(self.pool, self._attempt, uri) for uri in uris]
+        futures = [loop.run_in_executor(self.pool, self._attempt, uri, prepare) for uri in uris]
         rounds = math.ceil(len(uris) / self.threads)
         budget = self.timeout_s * rounds
         done, pending = await asyncio.wait(futures, timeout=budget)
@@ -225,9 +234,12 @@ class ImageBatchAgent:
 
     # -- the batch --------------------------------------------------------------------------
 
-    async def load_images(self, items: list[Item]) -> list[tuple[Item, np.ndarray]]:
-        """Load the items' images; a failure becomes the item's FAILED result right away."""
-        loaded = await self.images.load_many([item.request.image_uri for item in items])  # type: ignore[union-attr]
+    async def load_images(self, items: list[Item],
+                          prepare: Optional[Callable[[np.ndarray], Any]] = None) -> list[tuple[Item, np.ndarray]]:
+        """Load the items' images (and ``prepare`` each on its loading thread); a failure becomes the
+        item's FAILED result right away."""
+        uris = [item.request.image_uri for item in items]  # type: ignore[union-attr]
+        loaded = await self.images.load_many(uris, prepare)
         ready: list[tuple[Item, np.ndarray]] = []
         for item, image in zip(items, loaded):
             if isinstance(image, Failure):
@@ -365,11 +377,13 @@ class EmbeddingAgent(ImageBatchAgent):
     def failed(self, request: ProductImageReady, error: str) -> ImageEmbeddingResult:
         return embedding_result(request, self.model, error=error)
 
-    def embed_sync(self, images: list[np.ndarray]) -> list[Union[np.ndarray, Failure]]:
+    def embed_sync(self, images: list[np.ndarray], prepared: bool = False) -> list[Union[np.ndarray, Failure]]:
         """One model run for the batch (inference thread). If the batch run fails, each image is
-        retried alone, so that one bad image does not fail the others."""
+        retried alone, so that one bad image does not fail the others. ``prepared``: the images were
+        made by the embedder's ``prepare`` (on the loading threads), not decoded originals."""
+        embed = self.embedder.embed_prepared if prepared else self.embedder.embed
         try:
-            vectors = np.asarray(self.embedder.embed(images))
+            vectors = np.asarray(embed(images))
             if vectors.shape[0] != len(images):
                 raise RuntimeError(f"model returned {vectors.shape[0]} rows for {len(images)} images")
             return [check_vector(v) for v in vectors]
@@ -381,12 +395,12 @@ class EmbeddingAgent(ImageBatchAgent):
         out: list[Union[np.ndarray, Failure]] = []
         for image in images:
             try:
-                out.append(check_vector(np.asarray(self.embedder.embed([image]))[0]))
+                out.append(check_vector(np.asarray(embed([image]))[0]))
             except Exception as exc:  # noqa: BLE001
                 out.append(Failure(clip(f"inference_failed: {type(exc).__name__}: {exc}")))
         return out
 
-    async def embed(self, images: list[np.ndarray]) -> list[Union[np.ndarray, Failure]]:
+    async def embed(self, images: list[np.ndarray], prepared: bool = False) -> list[Union[np.ndarray, Failure]]:
         """:meth:`embed_sync` on the inference thread, under the inference timeout."""
         if not images:
             return []
@@ -395,7 +409,7 @@ class EmbeddingAgent(ImageBatchAgent):
         assert self._executor is not None
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        future = loop.run_in_executor(self._executor, self.embed_sync, images)
+        future = loop.run_in_executor(self._executor, self.embed_sync, images, prepared)
         try:
             vectors = await asyncio.wait_for(future, self.timeout_s)
             self.observe_inference(len(images), time.perf_counter() - started)
@@ -410,10 +424,16 @@ class EmbeddingAgent(ImageBatchAgent):
             return [Failure(f"timeout: inference took longer than {self.timeout_s:g}s")] * len(images)
 
     async def compute(self, items: list[Item]) -> None:
-        ready = await self.load_images(items)
+        if self.embedder is None:
+            await self.start()
+        # The model's per-image preprocessing (trim, resize: the costly part for large images) runs on
+        # the loading threads, in parallel; the inference thread gets small arrays and runs the model.
+        # (An embedder without ``prepare``, e.g. a test fake, gets the decoded images.)
+        prepare = getattr(self.embedder, "prepare", None)
+        ready = await self.load_images(items, prepare)
         if not ready:
             return
-        vectors = await self.embed([image for _, image in ready])
+        vectors = await self.embed([image for _, image in ready], prepared=prepare is not None)
         for (item, _), vector in zip(ready, vectors):
             if isinstance(vector, Failure):
                 item.output = self.failed(item.request, vector.error)  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from visionjobs.vision.preprocess import preprocess_batch
+from visionjobs.vision.preprocess import fit_image, normalize_batch, preprocess_batch
 from visionjobs.vision.session import SessionInfo, create_session
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -119,6 +119,20 @@ class Embedder:
     def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """The model input tensor for ``images`` (``float32 [N, 3, size, size]``)."""
         return preprocess_batch(images, self.size, self.mean, self.std, trim=self.trim)
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """The per-image part of :meth:`preprocess` (trim, resize): ``uint8 (size, size, 3)``.
+
+        Thread-safe and independent per image, so a worker runs it where it loads the image, in
+        parallel, and hands only small arrays to :meth:`embed_prepared` on the inference thread.
+        """
+        return fit_image(image, self.size, self.trim)
+
+    def embed_prepared(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
+        """Embeddings of images made by :meth:`prepare`; the same as :meth:`embed` of the originals."""
+        if len(prepared) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.embed_preprocessed(normalize_batch(prepared, self.size, self.mean, self.std))
 
     def run(self, batch: np.ndarray, outputs: Sequence[str] | None = None) -> list[np.ndarray]:
         """One ``session.run`` on an already preprocessed batch."""

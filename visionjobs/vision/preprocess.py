@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-__all__ = ["trim_uniform_border", "border_box", "to_bgr", "preprocess_batch"]
+__all__ = ["trim_uniform_border", "border_box", "to_bgr", "fit_image", "normalize_batch", "preprocess_batch"]
 
 
 def _corner_colours(img: np.ndarray) -> np.ndarray:
@@ -113,6 +113,54 @@ def _per_channel(value: float | Sequence[float], name: str) -> np.ndarray:
     return arr.reshape(1, 3, 1, 1)
 
 
+def fit_image(img: np.ndarray, size: int, trim: bool = True, *, trim_tolerance: int = 8) -> np.ndarray:
+    """The per-image half of :func:`preprocess_batch`: BGR ``uint8 (size, size, 3)``.
+
+    Optional :func:`trim_uniform_border`, then resize to ``size x size`` with ``cv2.INTER_AREA``
+    (aspect ratio is not kept, as in the model's training pipeline). This is the expensive part
+    for large images; it is independent per image, so workers run it on their loading threads.
+    """
+    if size <= 0:
+        raise ValueError("size must be positive")
+    bgr = to_bgr(np.asarray(img))
+    if bgr.shape[0] == 0 or bgr.shape[1] == 0:
+        raise ValueError("image is empty")
+    if trim:
+        bgr = trim_uniform_border(bgr, tolerance=trim_tolerance)
+    if bgr.shape[0] == size and bgr.shape[1] == size:
+        return np.ascontiguousarray(bgr)
+    return cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def normalize_batch(
+    fitted: Sequence[np.ndarray],
+    size: int,
+    mean: float | Sequence[float] = (127.0, 127.0, 127.0),
+    std: float | Sequence[float] = (128.0, 128.0, 128.0),
+) -> np.ndarray:
+    """The batch half of :func:`preprocess_batch`, over images made by :func:`fit_image`: BGR -> RGB,
+    ``(x - mean) / std`` with ``mean`` / ``std`` given in RGB order, HWC -> CHW.
+
+    Returns:
+        ``float32`` C-contiguous array of shape ``(len(fitted), 3, size, size)``.
+    """
+    mean_arr = _per_channel(mean, "mean")
+    std_arr = _per_channel(std, "std")
+    if np.any(std_arr == 0):
+        raise ValueError("std must not contain zeros")
+    batch = np.empty((len(fitted), size, size, 3), dtype=np.uint8)
+    for i, img in enumerate(fitted):
+        if img.shape != (size, size, 3):
+            raise ValueError(f"image {i} has shape {img.shape}, not {(size, size, 3)} (use fit_image)")
+        batch[i] = img
+    # BGR -> RGB, NHWC -> NCHW and uint8 -> float32 in one pass per channel, then the scale
+    out = np.empty((len(fitted), 3, size, size), dtype=np.float32)
+    for c in range(3):  # output channel c (R, G, B) is input channel 2 - c (B, G, R)
+        np.subtract(batch[..., 2 - c], mean_arr[0, c, 0, 0], out=out[:, c], dtype=np.float32)
+    out /= std_arr
+    return out
+
+
 def preprocess_batch(
     images: Sequence[np.ndarray],
     size: int,
@@ -122,36 +170,21 @@ def preprocess_batch(
     *,
     trim_tolerance: int = 8,
 ) -> np.ndarray:
-    """Turn BGR uint8 images into the model's input tensor.
-
-    Per image: optional :func:`trim_uniform_border`, resize to ``size x size`` with
-    ``cv2.INTER_AREA`` (aspect ratio is not kept, as in the model's training pipeline). Then, for
-    the whole batch at once: BGR -> RGB, ``(x - mean) / std`` with ``mean`` / ``std`` given in RGB
-    order, HWC -> CHW.
+    """Turn BGR uint8 images into the model's input tensor: :func:`fit_image` per image, then
+    :func:`normalize_batch` for the whole batch at once.
 
     Returns:
         ``float32`` C-contiguous array of shape ``(len(images), 3, size, size)``.
     """
     if size <= 0:
         raise ValueError("size must be positive")
-    mean_arr = _per_channel(mean, "mean")
-    std_arr = _per_channel(std, "std")
-    if np.any(std_arr == 0):
+    _per_channel(mean, "mean")
+    if np.any(_per_channel(std, "std") == 0):
         raise ValueError("std must not contain zeros")
-    batch = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    fitted = []
     for i, img in enumerate(images):
-        bgr = to_bgr(np.asarray(img))
-        if bgr.shape[0] == 0 or bgr.shape[1] == 0:
-            raise ValueError(f"image {i} is empty")
-        if trim:
-            bgr = trim_uniform_border(bgr, tolerance=trim_tolerance)
-        if bgr.shape[0] == size and bgr.shape[1] == size:
-            batch[i] = bgr
-        else:
-            batch[i] = cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA)
-    # BGR -> RGB, NHWC -> NCHW and uint8 -> float32 in one pass per channel, then the scale
-    out = np.empty((len(images), 3, size, size), dtype=np.float32)
-    for c in range(3):  # output channel c (R, G, B) is input channel 2 - c (B, G, R)
-        np.subtract(batch[..., 2 - c], mean_arr[0, c, 0, 0], out=out[:, c], dtype=np.float32)
-    out /= std_arr
-    return out
+        try:
+            fitted.append(fit_image(img, size, trim, trim_tolerance=trim_tolerance))
+        except ValueError as exc:
+            raise ValueError(f"image {i}: {exc}") from exc
+    return normalize_batch(fitted, size, mean, std)

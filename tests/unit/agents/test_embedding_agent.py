@@ -150,6 +150,57 @@ def test_a_failing_image_fails_alone(app, settings, recorder, make_event, images
     assert statuses["rocket.jpg"][1] == "inference_failed: RuntimeError: cannot embed that one"
 
 
+class PreparingEmbedder(FakeEmbedder):
+    """A fake with the real embedder's split: ``prepare`` per image (on the loading threads), then
+    ``embed_prepared`` for the batch. Preparing fails on demand for one image shape."""
+
+    def __init__(self, fail_prepare_on_shape=None):
+        super().__init__()
+        self.fail_prepare_on_shape = fail_prepare_on_shape
+        self.prepare_threads: set[str] = set()
+
+    def prepare(self, image):
+        self.prepare_threads.add(threading.current_thread().name)
+        if image.shape == self.fail_prepare_on_shape:
+            raise ValueError("image is empty")
+        return image[:8, :8]  # small and the same shape for every image, as the real one
+
+    def embed_prepared(self, prepared):
+        assert all(p.shape == (8, 8, 3) for p in prepared)
+        return self.embed(prepared)
+
+
+def test_preprocessing_runs_on_the_loading_threads_and_fails_alone(app, settings, recorder, make_event,
+                                                                   images_dir):
+    from visionjobs.vision.loader import decode_image
+
+    rocket_shape = decode_image((images_dir / "rocket.jpg").read_bytes()).shape
+    embedder = PreparingEmbedder(fail_prepare_on_shape=rocket_shape)
+    agent = make_agent(app, settings, recorder, embedder)
+    events = [make_event("j", f"{n}.jpg", n + ".jpg") for n in ("chelsea", "rocket", "astronaut", "retina")]
+    asyncio.run(agent.handle(events))
+    statuses = {r.image_id: (r.status, r.error) for _, _, r in recorder.of("results")}
+    assert statuses.pop("rocket.jpg") == ("FAILED", "inference_failed: ValueError: image is empty")
+    assert set(statuses.values()) == {("OK", None)}
+    assert embedder.prepare_threads and all(t.startswith("vj-load") for t in embedder.prepare_threads)
+    assert embedder.calls == [3] and embedder.threads == {"vj-embed_0"}  # one model run, off the loop
+    agent.close()
+
+
+def test_real_model_prepared_on_loading_threads_equals_embedding_the_originals(app, settings, recorder,
+                                                                              make_event, images_dir):
+    from visionjobs.vision.loader import decode_image
+
+    agent = EmbeddingAgent(app, settings)
+    recorder.hook("results", agent.output)
+    names = ["chelsea.jpg", "coffee__canvas.jpg", "rocket.jpg"]
+    asyncio.run(agent.handle([make_event("j", n, n) for n in names]))
+    got = np.array([r.embedding for _, _, r in recorder.of("results")], dtype=np.float32)
+    direct = agent.embedder.embed([decode_image((images_dir / n).read_bytes()) for n in names])
+    assert got.shape == (3, 1280) and np.array_equal(got, direct)
+    agent.close()
+
+
 def test_inference_timeout_fails_the_batch_and_the_next_batch_runs(app, settings, recorder, make_event):
     settings = settings.model_copy(update={"inference_timeout_s": 0.2})
     slow = FakeEmbedder(sleep_s=1.0)
@@ -171,7 +222,7 @@ def test_inference_timeout_fails_the_batch_and_the_next_batch_runs(app, settings
 def test_unexpected_error_fails_the_batch_with_internal(app, settings, recorder, make_event):
     agent = make_agent(app, settings, recorder, FakeEmbedder())
 
-    async def broken(uris):
+    async def broken(uris, prepare=None):
         raise KeyError("bug")
 
     agent.images.load_many = broken

@@ -55,6 +55,13 @@ def test_embeddings_are_unit_length_and_batch_independent(embedder, sample_image
     assert embedder.embed([]).shape == (0, 1280)
 
 
+def test_prepare_then_embed_prepared_equals_embed(embedder, sample_images) -> None:
+    images = [sample_images[n] for n in ("chelsea", "coffee", "rocket__crop")]
+    prepared = [embedder.prepare(img) for img in images]
+    assert np.array_equal(embedder.embed_prepared(prepared), embedder.embed(images))
+    assert embedder.embed_prepared([]).shape == (0, 1280)
+
+
 def test_imagenet_sanity(embedder, sample_images) -> None:
     top = embedder.classify([sample_images["chelsea"], sample_images["coffee"]], top_k=5)
     cat_classes = {c for c, _ in top[0]}

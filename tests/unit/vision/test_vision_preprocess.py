@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from visionjobs.vision.preprocess import border_box, preprocess_batch, to_bgr, trim_uniform_border
+from visionjobs.vision.preprocess import (border_box, fit_image, normalize_batch, preprocess_batch, to_bgr,
+                                         trim_uniform_border)
 
 # coffee__canvas.jpg: the coffee photo at 240x160 pasted at (80, 90) on a white 400x340 canvas
 # (see images/make_samples.py, CANVAS_BOX)
@@ -52,6 +53,23 @@ def test_resize_matches_cv2_inter_area(sample_images) -> None:
     expected = ((expected - 127) / 128).transpose(2, 0, 1)
     batch = preprocess_batch([img], 224, trim=False)
     assert np.array_equal(batch[0], expected)
+
+
+def test_fit_then_normalize_is_preprocess_batch(sample_images) -> None:
+    """The two halves the embedding worker runs apart (fit on the loading threads, normalize on the
+    inference thread) give exactly the one-call result."""
+    images = [sample_images[n] for n in ("chelsea", "coffee__canvas", "rocket", "retina")]
+    fitted = [fit_image(img, 224) for img in images]
+    assert all(f.shape == (224, 224, 3) and f.dtype == np.uint8 for f in fitted)
+    assert np.array_equal(normalize_batch(fitted, 224), preprocess_batch(images, 224))
+    assert np.array_equal(normalize_batch(fitted, 224, (1, 2, 3), (4, 5, 6)),
+                          preprocess_batch(images, 224, (1, 2, 3), (4, 5, 6)))
+    with pytest.raises(ValueError, match="use fit_image"):
+        normalize_batch([images[0]], 224)
+    with pytest.raises(ValueError, match="image is empty"):
+        fit_image(np.zeros((0, 5, 3), np.uint8), 224)
+    with pytest.raises(ValueError, match="image 1: image is empty"):
+        preprocess_batch([images[0], np.zeros((0, 5, 3), np.uint8)], 224)
 
 
 def test_empty_batch_grey_and_bgra_inputs() -> None:
