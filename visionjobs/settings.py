@@ -72,9 +72,16 @@ class Settings(BaseSettings):
     trim_borders: bool = True
     ort_providers: Annotated[tuple[str, ...], NoDecode] = ()  # empty: CUDA when available, else CPU
     ort_intra_op_threads: int = 0
+    # CUDA provider: how cuDNN picks a convolution algorithm for each new input shape (micro-batches
+    # have 1..batch_size images, so a worker meets up to batch_size shapes)
+    ort_cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "EXHAUSTIVE"
+    # run every micro-batch at batch_size rows (zero-padded): auto = on a GPU only (see Embedder)
+    pad_batches: Literal["auto", "always", "never"] = "auto"
     batch_size: int = Field(16, ge=1)
     batch_wait_s: float = Field(0.05, ge=0)
     inference_timeout_s: float = Field(60.0, gt=0)
+    # threads that load, decode and (embedding) preprocess images, per vision worker
+    load_threads: int = Field(4, ge=1)
 
     # --- Keypoint agent --------------------------------------------------------------------
     detector: Literal["orb", "sift"] = "orb"

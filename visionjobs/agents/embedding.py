@@ -56,7 +56,6 @@ PHASE = "EMBEDDINGS"
 ROLE = "embedding"
 AGENT_NAME = "visionjobs.embed_images"
 #: threads that read and decode images (I/O and OpenCV both release the GIL)
-LOAD_THREADS = 4
 #: longest error text put into a result record
 MAX_ERROR_LEN = 1000
 #: ``take_events(within=0)`` would wait forever for a full batch; this is the shortest wait we use
@@ -130,11 +129,11 @@ def describe_offsets(events: Sequence[Any]) -> str:
 class ImageSource:
     """Loads and decodes untrusted image URIs off the event loop, within the loader's limits."""
 
-    def __init__(self, settings: Settings, threads: int = LOAD_THREADS,
+    def __init__(self, settings: Settings, threads: Optional[int] = None,
                  loader: Optional[ImageLoader] = None) -> None:
         self.loader = loader or ImageLoader.from_settings(settings)
         self.max_pixels = settings.max_image_pixels
-        self.threads = max(1, threads)
+        self.threads = max(1, threads if threads is not None else settings.load_threads)
         # The loader enforces load_timeout_s itself (HTTP); this is the safety net for a load that
         # hangs anyway (a stuck file system): per image, plus the time spent queued for a thread.
         self.timeout_s = settings.load_timeout_s + 5.0
@@ -370,9 +369,14 @@ class EmbeddingAgent(ImageBatchAgent):
             started = time.perf_counter()
             loop = asyncio.get_running_loop()
             self.embedder = await loop.run_in_executor(self._executor, self._factory)
-            log.info("embedding agent: model %s runs on %s (dim %s, batch %d, wait %.3fs); loaded in %.2fs",
-                     self.model, getattr(self.embedder, "provider", "?"), getattr(self.embedder, "dim", "?"),
-                     self.settings.batch_size, self.batch_wait(), time.perf_counter() - started)
+            loaded = time.perf_counter() - started
+            # one run of the batch shape before the first event (on CUDA the first run takes ~1.5 s)
+            warm_up = getattr(self.embedder, "warm_up", None)
+            warmed = await loop.run_in_executor(self._executor, warm_up) if warm_up is not None else 0.0
+            log.info("embedding agent: model %s runs on %s (dim %s, batch %d%s, wait %.3fs); loaded in %.2fs, "
+                     "warm-up run %.2fs", self.model, getattr(self.embedder, "provider", "?"),
+                     getattr(self.embedder, "dim", "?"), self.settings.batch_size,
+                     " padded" if getattr(self.embedder, "pad_to", None) else "", self.batch_wait(), loaded, warmed)
 
     def failed(self, request: ProductImageReady, error: str) -> ImageEmbeddingResult:
         return embedding_result(request, self.model, error=error)

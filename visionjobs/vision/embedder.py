@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,12 @@ class Embedder:
         trim: crop uniform borders (white canvas) before resizing.
         logits_name: optional classification output used by :meth:`logits` / :meth:`classify`
             (ignored when the graph has no such output).
+        pad_to: run every batch with exactly this many rows (zero rows appended, their outputs
+            dropped; larger batches in chunks). On CUDA each change of the batch size costs
+            onnxruntime/cuDNN 0.2-0.9 s (measured on an H200, see BENCHMARKS.md) while a repeated one
+            costs ~6 ms, and a worker's micro-batches have any size from 1 to batch_size; padded, a row's
+            result also no longer depends on the batch it came in. None: the batch as it is (CPU, where
+            a padded row costs as much as a real one).
     """
 
     def __init__(
@@ -48,7 +55,11 @@ class Embedder:
         trim: bool = True,
         *,
         logits_name: str | None = "logits",
+        pad_to: int | None = None,
     ) -> None:
+        if pad_to is not None and pad_to < 1:
+            raise ValueError("pad_to must be >= 1")
+        self.pad_to = pad_to
         self.session_info = session_info
         session = session_info.session
         inputs = {i.name: i for i in session.get_inputs()}
@@ -88,8 +99,10 @@ class Embedder:
             settings = get_settings()
         if session_info is None:
             session_info = create_session(
-                settings.model_path, providers=settings.ort_providers, intra_op_threads=settings.ort_intra_op_threads
+                settings.model_path, providers=settings.ort_providers, intra_op_threads=settings.ort_intra_op_threads,
+                cuda_options={"cudnn_conv_algo_search": settings.ort_cudnn_conv_algo_search},
             )
+        pad = settings.pad_batches == "always" or (settings.pad_batches == "auto" and session_info.on_gpu)
         return cls(
             session_info,
             input_name=settings.model_input_name,
@@ -98,6 +111,7 @@ class Embedder:
             mean=settings.model_mean,
             std=settings.model_std,
             trim=settings.trim_borders,
+            pad_to=settings.batch_size if pad else None,
         )
 
     # ------------------------------------------------------------------ properties
@@ -113,7 +127,7 @@ class Embedder:
 
     def __repr__(self) -> str:
         return (f"Embedder(model={self.session_info.model_path.name!r}, provider={self.provider!r}, "
-                f"dim={self.dim}, size={self.size}, trim={self.trim})")
+                f"dim={self.dim}, size={self.size}, trim={self.trim}, pad_to={self.pad_to})")
 
     # ------------------------------------------------------------------ inference
     def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
@@ -137,7 +151,27 @@ class Embedder:
     def run(self, batch: np.ndarray, outputs: Sequence[str] | None = None) -> list[np.ndarray]:
         """One ``session.run`` on an already preprocessed batch."""
         names = list(outputs) if outputs is not None else [self.output_name]
-        return self.session_info.session.run(names, {self.input_name: batch})
+        session = self.session_info.session
+        n, pad = batch.shape[0], self.pad_to
+        if not pad or n == pad or n == 0:
+            return session.run(names, {self.input_name: batch})
+        parts: list[list[np.ndarray]] = []
+        for start in range(0, n, pad):
+            chunk = batch[start: start + pad]
+            rows = chunk.shape[0]
+            if rows < pad:
+                padded = np.zeros((pad, *chunk.shape[1:]), dtype=chunk.dtype)
+                padded[:rows] = chunk
+                chunk = padded
+            parts.append([out[:rows] for out in session.run(names, {self.input_name: chunk})])
+        return [np.concatenate([part[j] for part in parts]) for j in range(len(names))]
+
+    def warm_up(self) -> float:
+        """One run of the batch shape the worker will use (``pad_to`` rows, else one), so that the
+        first real batch does not pay for CUDA/cuDNN set-up (1.5 s on an H200). Returns seconds."""
+        started = time.perf_counter()
+        self.run(np.zeros((self.pad_to or 1, 3, self.size, self.size), dtype=np.float32))
+        return time.perf_counter() - started
 
     def embed_preprocessed(self, batch: np.ndarray) -> np.ndarray:
         """Embeddings ``float32 [N, dim]`` of a batch made by :meth:`preprocess`."""

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnxruntime as ort
 
@@ -77,6 +78,7 @@ def create_session(
     intra_op_threads: int = 0,
     *,
     inter_op_threads: int = 0,
+    cuda_options: Mapping[str, str] | None = None,
 ) -> SessionInfo:
     """Load ``model_path`` into an onnxruntime session on the best available provider.
 
@@ -86,6 +88,8 @@ def create_session(
             available, else CPU.
         intra_op_threads: threads inside one operator (0: onnxruntime's default, one per core).
         inter_op_threads: threads across operators (0: default; only used in parallel mode).
+        cuda_options: CUDA execution provider options (e.g. ``cudnn_conv_algo_search``), used when
+            the CUDA provider is chosen.
 
     Raises:
         ModelNotFoundError: the file does not exist or is not a regular file (also a
@@ -115,7 +119,8 @@ def create_session(
     options.log_severity_level = 3  # errors only; provider fallback is reported by us below
 
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
+        asked: list[Any] = [(p, dict(cuda_options)) if p == CUDA and cuda_options else p for p in chosen]
+        session = ort.InferenceSession(str(path), sess_options=options, providers=asked)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises assorted pybind error types
         if chosen == [CPU]:
             raise ModelLoadError(f"onnxruntime could not load {str(path)!r}: {exc}") from exc
@@ -133,7 +138,8 @@ def create_session(
         log.warning("onnxruntime asked for %s but runs %s on %s", chosen[0], path.name, provider)
         if chosen[0] not in missing:
             missing = missing + [chosen[0]]
-    log.info("onnxruntime %s: %s runs on %s (intra_op_threads=%s)",
-             ort.__version__, path.name, provider, intra_op_threads or "default")
+    log.info("onnxruntime %s: %s runs on %s (intra_op_threads=%s%s)",
+             ort.__version__, path.name, provider, intra_op_threads or "default",
+             f", CUDA options {dict(cuda_options)}" if provider == CUDA and cuda_options else "")
     return SessionInfo(session=session, provider=provider, model_path=path,
                        providers=active, unavailable=tuple(missing))

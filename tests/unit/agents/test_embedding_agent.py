@@ -169,6 +169,11 @@ class PreparingEmbedder(FakeEmbedder):
         assert all(p.shape == (8, 8, 3) for p in prepared)
         return self.embed(prepared)
 
+    def warm_up(self):
+        self.warm_ups = getattr(self, "warm_ups", 0) + 1
+        self.threads.add(threading.current_thread().name)
+        return 0.001
+
 
 def test_preprocessing_runs_on_the_loading_threads_and_fails_alone(app, settings, recorder, make_event,
                                                                    images_dir):
@@ -184,6 +189,7 @@ def test_preprocessing_runs_on_the_loading_threads_and_fails_alone(app, settings
     assert set(statuses.values()) == {("OK", None)}
     assert embedder.prepare_threads and all(t.startswith("vj-load") for t in embedder.prepare_threads)
     assert embedder.calls == [3] and embedder.threads == {"vj-embed_0"}  # one model run, off the loop
+    assert embedder.warm_ups == 1  # the batch shape ran once at start, on the inference thread
     agent.close()
 
 

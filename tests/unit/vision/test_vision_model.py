@@ -121,3 +121,52 @@ def test_from_settings_and_validation(session_info) -> None:
     assert logits_only.dim == 1000
     with pytest.raises(RuntimeError):
         logits_only.logits([np.zeros((8, 8, 3), np.uint8)])
+
+
+class ShapeRecorder:
+    """The real session, with the batch size of every run recorded."""
+
+    def __init__(self, session):
+        self.session = session
+        self.rows: list[int] = []
+
+    def run(self, names, feeds):
+        (batch,) = feeds.values()
+        self.rows.append(batch.shape[0])
+        return self.session.run(names, feeds)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def test_padded_batches_run_one_shape_and_give_the_unpadded_results(session_info, sample_images) -> None:
+    """pad_to (on by default on a GPU, where each new batch size costs cuDNN 0.2-0.9 s): every model
+    run has exactly pad_to rows, batches larger than that run in chunks, and the results are those of
+    the unpadded model, row for row."""
+    from dataclasses import replace
+
+    recorder = ShapeRecorder(session_info.session)
+    padded = Embedder(replace(session_info, session=recorder), pad_to=4)
+    plain = Embedder(session_info)
+    images = [sample_images[n] for n in ("chelsea", "coffee", "rocket", "astronaut", "retina", "chelsea__crop")]
+    for n in (1, 3, 4, 6):
+        recorder.rows.clear()
+        got, want = padded.embed(images[:n]), plain.embed(images[:n])
+        assert got.shape == (n, 1280)
+        assert np.allclose(got, want, atol=1e-5)
+        assert set(recorder.rows) == {4} and len(recorder.rows) == -(-n // 4)
+    recorder.rows.clear()
+    emb, logits = padded.embed_with_logits(images[:2])
+    assert emb.shape == (2, 1280) and logits.shape == (2, 1000) and recorder.rows == [4]
+    assert padded.warm_up() > 0 and recorder.rows[-1] == 4
+    with pytest.raises(ValueError):
+        Embedder(session_info, pad_to=0)
+
+
+def test_pad_batches_setting(session_info) -> None:
+    from visionjobs.settings import Settings
+
+    auto = Embedder.from_settings(Settings(batch_size=8), session_info=session_info)
+    assert auto.pad_to == (8 if session_info.on_gpu else None)
+    assert Embedder.from_settings(Settings(batch_size=8, pad_batches="always"), session_info=session_info).pad_to == 8
+    assert Embedder.from_settings(Settings(batch_size=8, pad_batches="never"), session_info=session_info).pad_to is None

@@ -75,3 +75,21 @@ def test_invalid_model_file(tmp_path: Path) -> None:
 def test_negative_threads_rejected() -> None:
     with pytest.raises(ValueError):
         create_session(MODEL, intra_op_threads=-1)
+
+
+def test_cuda_options_reach_onnxruntime_only_for_the_cuda_provider(monkeypatch) -> None:
+    """``cudnn_conv_algo_search`` (VISIONJOBS_ORT_CUDNN_CONV_ALGO_SEARCH) goes with the CUDA entry of
+    the provider list; on a CPU-only choice nothing changes. (Run on a GPU by scripts/device.)"""
+    asked = []
+    real = ort.InferenceSession
+
+    def spy(path, sess_options=None, providers=None):
+        asked.append(providers)
+        return real(path, sess_options=sess_options, providers=[CPU])
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    opts = {"cudnn_conv_algo_search": "HEURISTIC"}
+    create_session(MODEL, cuda_options=opts)
+    create_session(MODEL, providers=(CPU,), cuda_options=opts)
+    assert asked[0] == [(CUDA, opts), CPU] and asked[1] == [CPU]
