@@ -56,7 +56,31 @@ class Event:
     message: Message
 
 
-def agent_throughput(images_dir: Path, n: int, batch_size: int) -> dict:
+def first_call_per_shape(settings, algo: str, images: list) -> dict:
+    """A fresh CUDA session with ``cudnn_conv_algo_search=algo``: the time of the first run of each
+    new batch size (cuDNN picks its algorithms then), of a repeat, and the steady rate at 16."""
+    info = create_session(settings.model_path, cuda_options={"cudnn_conv_algo_search": algo})
+    emb = Embedder.from_settings(settings, session_info=info)
+    prepared = [emb.prepare(im) for im in images]
+    prepared = (prepared * (64 // len(prepared) + 1))[:64]
+
+    def ms(bs: int) -> float:
+        t = time.perf_counter()
+        emb.embed_prepared(prepared[:bs])
+        return round(1000 * (time.perf_counter() - t), 1)
+
+    first = {str(bs): ms(bs) for bs in (16, 1, 7, 12)}
+    first["16_again"] = ms(16)
+    t = time.perf_counter()
+    for _ in range(20):
+        emb.embed_prepared(prepared[:16])
+    rate = 20 * 16 / (time.perf_counter() - t)
+    return {"algo": algo, "provider": emb.provider, "first_call_ms": first,
+            "steady_infer_images_per_s_16": round(rate, 1)}
+
+
+def agent_throughput(images_dir: Path, n: int, batch_size: int, load_threads: int = 4,
+                     algo: str = "EXHAUSTIVE") -> dict:
     """``EmbeddingAgent.handle`` over ``n`` events in batches of ``batch_size``; the staged results are
     counted instead of sent (the stage that a transaction would send)."""
     from visionjobs.agents.embedding import EmbeddingAgent
@@ -67,7 +91,7 @@ def agent_throughput(images_dir: Path, n: int, batch_size: int) -> dict:
 
     settings = Settings(bootstrap_servers="127.0.0.1:1", web_enabled=False, data_dir=Path(tempfile.mkdtemp()),
                         image_roots=(images_dir,), app_id_prefix=f"gpu{uuid.uuid4().hex[:6]}",
-                        batch_size=batch_size)
+                        batch_size=batch_size, load_threads=load_threads, ort_cudnn_conv_algo_search=algo)
     agent = EmbeddingAgent(create_app("gpucheck", settings), settings)
     staged = []
     agent.output.stage = lambda event, key, value: staged.append(value)
@@ -78,7 +102,8 @@ def agent_throughput(images_dir: Path, n: int, batch_size: int) -> dict:
 
     async def run() -> float:
         await agent.start()
-        await agent.handle(events[: 2 * batch_size])  # warm-up
+        for i in range(2):  # warm-up, with the timed batches' shape (cuDNN tunes per input shape)
+            await agent.handle(events[i * batch_size: (i + 1) * batch_size])
         staged.clear()
         started = time.perf_counter()
         for i in range(0, n, batch_size):
@@ -88,7 +113,8 @@ def agent_throughput(images_dir: Path, n: int, batch_size: int) -> dict:
     seconds = asyncio.run(run())
     statuses = [codec.decode(v).status for v in staged]
     agent.close()
-    return {"provider": agent.embedder.provider, "batch_size": batch_size, "images": n,
+    return {"provider": agent.embedder.provider, "batch_size": batch_size, "load_threads": load_threads,
+            "algo": algo, "images": n,
             "ok": statuses.count("OK"), "images_per_s": round(n / seconds, 1), "seconds": round(seconds, 3)}
 
 
@@ -97,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-images", type=int, default=512)
     ap.add_argument("--batch-sizes", default="1,8,16,32,64")
     ap.add_argument("--cpu-batch-size", type=int, default=16)
+    ap.add_argument("--agent", default="16x4,16x8,32x8,16x8:HEURISTIC",
+                    help="agent runs: BATCHxLOAD_THREADS[:CUDNN_ALGO_SEARCH],...")
+    ap.add_argument("--profile", action="store_true", help="cProfile the first agent run (top 25 by own time)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     settings = get_settings()
@@ -143,10 +172,28 @@ def main(argv: list[str] | None = None) -> int:
                          **{k: round(v, 3) for k, v in t.items()}})
             print(json.dumps(rows[-1]), flush=True)
     report["throughput"] = rows
-    report["agent"] = agent_throughput(images_dir, args.n_images, settings.batch_size)
-    print(json.dumps(report["agent"]), flush=True)
-    if report["agent"]["ok"] != args.n_images:
-        failures.append(f"agent: {report['agent']['ok']} of {args.n_images} results OK")
+    report["shapes"] = [first_call_per_shape(settings, algo, images)
+                        for algo in ("EXHAUSTIVE", "HEURISTIC")]
+    for row in report["shapes"]:
+        print(json.dumps(row), flush=True)
+    report["agent"] = []
+    for i, spec in enumerate(args.agent.split(",")):
+        shape, _, algo = spec.partition(":")
+        batch, threads = (int(x) for x in shape.split("x"))
+        profile = None
+        if args.profile and i == 0:
+            import cProfile
+            profile = cProfile.Profile()
+            profile.enable()
+        row = agent_throughput(images_dir, args.n_images, batch, threads, algo or "EXHAUSTIVE")
+        if profile is not None:
+            import pstats
+            profile.disable()
+            pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+        print(json.dumps(row), flush=True)
+        report["agent"].append(row)
+        if row["ok"] != args.n_images:
+            failures.append(f"agent {spec}: {row['ok']} of {args.n_images} results OK")
     report["failures"] = failures
     text = json.dumps(report, indent=2)
     print(text)

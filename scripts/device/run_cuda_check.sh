@@ -25,7 +25,7 @@ SP=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 LIBS=$(find "$SP/nvidia" -name 'lib*.so*' -printf '%h\n' 2>/dev/null | sort -u | paste -sd:)
 export LD_LIBRARY_PATH=$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
-python3 scripts/device/cuda_check.py --n-images 512 --out "$OUT/cuda_check.json"; echo "cuda_check rc=$?"
+python3 scripts/device/cuda_check.py --n-images 512 --profile --out "$OUT/cuda_check.json"; echo "cuda_check rc=$?"
 
 echo "== 3. the vision and embedding-agent unit tests on this machine (CUDA picked by default)"
 python3 -m pytest -q -p no:cacheprovider --basetemp /tmp/pt -o addopts="--import-mode=importlib" \
