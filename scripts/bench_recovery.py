@@ -11,6 +11,11 @@ time from the kill until the probe's completions are visible to a read_committed
 start-up ("Worker: Ready") is reported too. With ``--static`` the worker uses a consumer group
 instance id (static membership), so the restarted worker does not wait for the dead member's session
 to time out.
+
+With ``--workers 2`` (failover): two coordinator workers share the partitions, each keeping a standby
+copy of the other's tables (``table_standby_replicas=1``); one is SIGKILLed and *not* restarted, and
+"processing again" is the time until the survivor has completed probes on every partition (one probe
+job per partition, so the dead worker's partitions are among them).
 """
 
 from __future__ import annotations
@@ -85,21 +90,42 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def wait_probe(settings: Settings, job_id: str, timeout: float) -> float:
+def produce_probes(settings: Settings, run: str, partitions: int) -> list[str]:
+    """Probe jobs (0 images) until every partition of the batch topic has one; returns their ids."""
+    producer, codec = make_producer(settings), get_codec()
+    hit: dict[int, str] = {}
+    reports: list[tuple[str, int]] = []
+    i = 0
+    while len(hit) < partitions and i < 50 * partitions:
+        job = f"probe-{run}-{i}"
+        producer.produce(topic_name(settings, IMAGES_READY_BATCH), key=job.encode(),
+                         value=codec.encode(ProductsImagesReadyBatch(job, f"b-{job}", 0)),
+                         on_delivery=lambda err, msg, job=job: reports.append((job, msg.partition())))
+        producer.flush(30)
+        for job_id, partition in reports:
+            hit.setdefault(partition, job_id)
+        i += 1
+    if len(hit) < partitions:
+        raise RuntimeError(f"probes reached partitions {sorted(hit)} only")
+    return sorted(hit.values())
+
+
+def wait_probe(settings: Settings, job_id: "str | list[str]", timeout: float) -> float:
     c = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"probe-{uuid.uuid4().hex[:6]}",
                   "isolation.level": "read_committed", "enable.auto.commit": False, "auto.offset.reset": "latest"})
     topics = [topic_name(settings, EMBEDDINGS_COMPLETED), topic_name(settings, KEYPOINTS_COMPLETED)]
     md = c.list_topics(timeout=10).topics
     tps = [TopicPartition(t, p) for t in topics for p in md[t].partitions]
     c.assign([TopicPartition(tp.topic, tp.partition, c.get_watermark_offsets(tp, timeout=10)[0]) for tp in tps])
-    seen: set[str] = set()
+    wanted = {j.encode() for j in ([job_id] if isinstance(job_id, str) else job_id)}
+    seen: set[tuple[bytes, str]] = set()
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             for m in c.consume(1000, timeout=0.05):
-                if not m.error() and m.key() == job_id.encode():
-                    seen.add(m.topic())
-            if len(seen) == 2:
+                if not m.error() and m.key() in wanted:
+                    seen.add((m.key(), m.topic()))
+            if len(seen) == 2 * len(wanted):
                 return time.monotonic()
         raise TimeoutError(f"probe {job_id} not completed after {timeout}s")
     finally:
@@ -113,11 +139,18 @@ def run_once(args, bootstrap: str, store: str) -> dict:
     settings = settings_from_env(env)
     create_topics(settings)
     events = prefill(settings, args.jobs, run)
-    worker = WorkerProcess("coordinator", env, Path(tempfile.mkdtemp(prefix="bench-rec-logs-")), log_level="info")
+    logs = Path(tempfile.mkdtemp(prefix="bench-rec-logs-"))
+    worker = WorkerProcess("coordinator", env, logs, name="coordinator-0", log_level="info")
+    others = [WorkerProcess("coordinator", env, logs, name=f"coordinator-{i}", log_level="info")
+              for i in range(1, args.workers)]
     group = f"rec{run}-coordinator"
     try:
         t0 = time.monotonic()
-        worker.start().wait_ready(timeout=300)
+        worker.start()
+        for other in others:
+            other.start()
+        for w in [worker, *others]:
+            w.wait_ready(timeout=300)
         while lag(settings, group) > 0:
             if time.monotonic() - t0 > args.timeout:
                 raise TimeoutError("the coordinator did not catch up")
@@ -127,21 +160,21 @@ def run_once(args, bootstrap: str, store: str) -> dict:
         rss = rss_mb(worker.proc.pid)
         worker.kill(signal.SIGKILL)
         t_kill = time.monotonic()
-        worker.start()
-        probe = f"probe-{run}"
-        producer = make_producer(settings)
-        producer.produce(topic_name(settings, IMAGES_READY_BATCH), key=probe.encode(),
-                         value=get_codec().encode(ProductsImagesReadyBatch(probe, f"b-{probe}", 0)))
-        producer.flush(30)
-        worker.wait_ready(timeout=300)
+        if not others:  # one worker: restart it; several: the survivors take over, no restart
+            worker.start()
+        probes = produce_probes(settings, run, args.partitions)
+        if not others:
+            worker.wait_ready(timeout=300)
         t_ready = time.monotonic()
-        t_probe = wait_probe(settings, probe, args.timeout)
+        t_probe = wait_probe(settings, probes, args.timeout)
     finally:
-        worker.stop()
-    row = {"store": store, "static_membership": args.static, "jobs_in_flight": args.jobs, "events": events,
+        for w in [worker, *others]:
+            w.stop()
+    row = {"store": store, "static_membership": args.static, "workers": args.workers,
+           "jobs_in_flight": args.jobs, "events": events,
            "fill_s": round(fill_s, 1), "rss_mb_before_kill": round(rss, 1),
            "rss_bytes_per_job": round(rss * 1024 * 1024 / args.jobs),
-           "ready_after_kill_s": round(t_ready - t_kill, 2), "processing_again_s": round(t_probe - t_kill, 2)}
+           "ready_after_kill_s": round(t_ready - t_kill, 2) if not others else None, "processing_again_s": round(t_probe - t_kill, 2)}
     if not args.keep:
         delete_topics(settings, [topic_name(settings, s.name) for s in CONTRACT])
     return row
@@ -154,9 +187,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--static", action="store_true", help="static group membership (group instance id)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="1: kill and restart the worker; 2+: kill one, the others (standbys) take over")
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
+    if args.static and args.workers > 1:
+        ap.error("--static gives every worker the same group instance id: use it with --workers 1")
     bootstrap, _ = ensure_broker()
     rows = []
     for i in range(args.runs):
@@ -165,8 +202,9 @@ def main() -> None:
             row["run"] = i
             print(json.dumps(row), flush=True)
             rows.append(row)
-    summary = {store: {k: statistics.median(r[k] for r in rows if r["store"] == store)
-                       for k in ("processing_again_s", "ready_after_kill_s", "rss_bytes_per_job", "fill_s")}
+    keys = ("processing_again_s", "ready_after_kill_s", "rss_bytes_per_job", "fill_s")
+    summary = {store: {k: statistics.median(v) for k in keys
+                       if (v := [r[k] for r in rows if r["store"] == store and r[k] is not None])}
                for store in args.stores.split(",")}
     print(json.dumps({"summary": summary, "machine": f"{os.cpu_count()} cores", "argv": sys.argv[1:]}))
 
