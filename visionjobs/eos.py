@@ -89,6 +89,17 @@ one lost or duplicated completions in our ``kill -9`` and rebalance tests, and e
    ``tables.jobs.PhaseStateTable``). Flushing at the gate, with no ``await`` between the flush and
    the split, keeps rule 2: an event's state and its outputs land in the same transaction.
 
+10. **A worker reuses a fenced producer for a partition it gets back.** On a rebalance Faust stops
+   the transactional producers of revoked partitions, but picks them by asking the *new* assignment
+   which partitions are active: a revoked partition that the worker keeps as a standby is skipped,
+   and its producer stays. The peer that takes the partition over fences that producer
+   (InitProducerId), and when the partition comes back (the peer died: a failover) the worker
+   begins a transaction on the stale producer: the first send is refused (``ProducerFenced``), the
+   producer buffer crashes and the worker stops, with its completions. Seen with two coordinator
+   workers, one SIGKILLed and not restarted (``scripts/bench_recovery.py --workers 2``: 3 of 3
+   runs). On revocation :func:`install` stops every transactional producer after ending its
+   transaction, so each assignment starts fresh ones.
+
 With all of this in place, one transaction holds: the offsets, the state (completed marker) and the outputs.
 Consumers must read with ``isolation.level=read_committed``.
 """
@@ -537,11 +548,27 @@ async def end_all_transactions(app: Any) -> None:
         async with gate.closed():  # everything buffered so far is in the open transactions
             pass
     producer = consumer.transactions.producer
-    for tid, txn_producer in list(getattr(producer, "_transaction_producers", {}).items()):
+    producers = getattr(producer, "_transaction_producers", {})
+    for tid, txn_producer in list(producers.items()):
         manager = getattr(txn_producer, "_txn_manager", None)
         if manager is not None and manager.is_in_transaction():
             try:
                 await txn_producer.commit_transaction()
             except Exception as exc:  # fenced or broken: the broker aborts it, which is safe too
                 log.warning("could not end transaction %s on revocation: %r", tid, exc)
+    # Item 10: stop them all; the assignment that follows starts a fresh producer (InitProducerId)
+    # for every partition group this worker gets. Faust stops only those whose partitions are not
+    # standbys in the *new* assignment, and a kept producer is fenced by the peer that took over.
+    await stop_transactional_producers(producers)
+
+
+async def stop_transactional_producers(producers: dict) -> None:
+    """Remove and stop every transactional producer of Faust's aiokafka driver (``producers`` is
+    its ``_transaction_producers``); a later ``begin_transaction`` of a tid creates a new one."""
+    for tid in list(producers):
+        txn_producer = producers.pop(tid)
+        try:
+            await txn_producer.stop()
+        except Exception as exc:  # noqa: BLE001 - a broken producer is gone either way
+            log.warning("could not stop transactional producer %s on revocation: %r", tid, exc)
 

@@ -144,6 +144,32 @@ def test_rebalance_worker_joins_and_leaves(vj_env, vj_settings, worker_logs):
     assert_exactly_once(report)
 
 
+def test_failover_the_survivor_takes_over_a_sigkilled_peer(vj_env, vj_settings, worker_logs):
+    """Two replicas; one is SIGKILLed mid-run and never comes back. The survivor gets back the
+    partitions it kept as standbys and finishes every job exactly once, and stays up. (Before
+    eos.py item 10 it reused the producers its peer had fenced: ProducerFenced, crash, no
+    completions for half of the jobs.)"""
+    spec = LoadSpec(jobs=400, seed=17)
+    plans = plan_jobs(spec)
+    survivor = coordinator(vj_env, worker_logs, name="survivor").start().wait_ready()
+    peer = coordinator(vj_env, worker_logs, name="peer")
+    thread, errors = _produce_in_background(vj_settings, plans, spec, rate=400)
+    try:
+        time.sleep(2)
+        peer.start().wait_ready()  # joins: half of the partitions move to it, the survivor keeps standbys
+        time.sleep(4)
+        peer.kill(signal.SIGKILL)  # a failover: the survivor takes everything back after the session timeout
+        thread.join(timeout=120)
+        assert not errors, errors
+        report = wait_for_completions(vj_settings, plans, timeout_s=240)
+        assert survivor.alive(), survivor.log_text()[-3000:]
+        assert "ProducerFenced" not in survivor.log_text()
+    finally:
+        survivor.stop()
+        peer.stop()
+    assert_exactly_once(report)
+
+
 def test_stale_job_times_out_exactly_once_and_state_is_retained_then_deleted(vj_env, vj_settings, worker_logs):
     codec = get_codec()
     producer = make_producer(vj_settings)

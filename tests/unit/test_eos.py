@@ -351,3 +351,26 @@ def test_a_marker_after_the_record_at_offset_0_is_a_gap(app):
         return first, consumer._new_offset(tp)
 
     assert asyncio.run(scenario()) == (1, 3)
+
+
+def test_revocation_stops_every_transactional_producer():
+    """eos.py item 10: after the transactions end on revocation, every transactional producer is
+    removed and stopped (Faust would keep those of partitions that stay as standbys, and reuse them,
+    fenced, when the partitions come back); one that fails to stop is removed all the same."""
+    from visionjobs.eos import stop_transactional_producers
+
+    class FakeTxnProducer:
+        def __init__(self, broken=False):
+            self.stopped = False
+            self.broken = broken
+
+        async def stop(self):
+            self.stopped = True
+            if self.broken:
+                raise RuntimeError("connection lost")
+
+    producers = {"app-0-0": FakeTxnProducer(), "app-0-3": FakeTxnProducer(broken=True), "app-1-3": FakeTxnProducer()}
+    kept = dict(producers)
+    asyncio.run(stop_transactional_producers(producers))
+    assert producers == {}
+    assert all(p.stopped for p in kept.values())
